@@ -1,0 +1,1 @@
+"""SMS-Man Telegram bot."""

@@ -1,0 +1,119 @@
+"""The bot's settings: exactly the names and defaults of CONTRACT.md."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_POPULAR_COUNTRIES = ("RU", "UA", "KZ", "US", "GB", "ID", "PH", "IN", "BR", "VN")
+
+
+class AccessMode(StrEnum):
+    PRIVATE = "private"
+    SHOP = "shop"
+
+
+def _split_ids(value: Any) -> Any:
+    """Accept `1,2, 3`, a single int, or an empty string for a list of ids."""
+    if isinstance(value, int):
+        return [value]
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+    )
+
+    bot_token: SecretStr
+    smsman_token: SecretStr
+    telegram_api_url: str = "https://api.telegram.org"
+    smsman_api_url: str = "https://api.sms-man.com/control"
+    database_url: str = "sqlite:///data/bot.sqlite3"
+    admin_ids: Annotated[list[int], NoDecode] = Field(default_factory=list)
+    allowed_user_ids: Annotated[list[int], NoDecode] = Field(default_factory=list)
+    access_mode: AccessMode = AccessMode.PRIVATE
+    currency: str = "RUB"
+    markup_percent: Decimal = Field(default=Decimal(0), ge=0, le=1000)
+    price_step: Decimal = Field(default=Decimal("0.01"), gt=0, le=1000)
+    max_active_orders: int = Field(default=5, ge=1, le=100)
+    sms_poll_interval: float = Field(default=3, gt=0, le=60)
+    activation_timeout: int = Field(default=1200, ge=10, le=1200)
+    smsman_max_concurrency: int = Field(default=10, ge=1, le=200)
+    smsman_max_rps: float = Field(default=20, gt=0, le=1000)
+    smsman_timeout: float = Field(default=15, gt=0, le=300)
+    low_balance_alert: Decimal = Field(default=Decimal(0), ge=0)
+    log_level: str = "INFO"
+    popular_countries: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_POPULAR_COUNTRIES)
+    )
+    purchases_per_minute: int = Field(default=5, ge=1, le=1000)
+    multiple_sms: bool = False
+
+    @field_validator("admin_ids", "allowed_user_ids", "popular_countries", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        return _split_ids(value)
+
+    @field_validator("popular_countries")
+    @classmethod
+    def _upper(cls, value: list[str]) -> list[str]:
+        return [code.upper() for code in value]
+
+    @field_validator("currency")
+    @classmethod
+    def _currency(cls, value: str) -> str:
+        value = value.strip().upper()
+        if value not in {"RUB", "USD", "EUR"}:
+            raise ValueError("must be RUB, USD or EUR")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        value = value.strip().upper()
+        if value not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError("must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
+        return value
+
+    @field_validator("telegram_api_url", "smsman_api_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _database(cls, value: str) -> str:
+        if not value.startswith("sqlite:///") or value == "sqlite:///":
+            raise ValueError("must look like sqlite:///path/to/file.sqlite3")
+        return value
+
+    @property
+    def database_path(self) -> Path:
+        return Path(self.database_url.removeprefix("sqlite:///"))
+
+    @property
+    def is_shop(self) -> bool:
+        return self.access_mode is AccessMode.SHOP
+
+
+def describe_errors(error: ValidationError) -> list[str]:
+    """One clear line per problem, naming the environment variable, never its value."""
+    lines = []
+    for item in error.errors():
+        name = str(item["loc"][0]).upper() if item["loc"] else "settings"
+        if item["type"] == "missing":
+            lines.append(f"{name} is not set: copy .env.example to .env and fill it in")
+        else:
+            lines.append(f"{name} is invalid: {item['msg']}")
+    return lines

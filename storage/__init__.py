@@ -1,0 +1,1 @@
+"""aiosqlite storage: the only place in the project with SQL."""
