@@ -25,7 +25,7 @@ class InsufficientBalance(SmsManError):
 
 
 class RequestGone(SmsManError):
-    """"Current request not exists": expired, cancelled or unknown request."""
+    """SMS-Man says "Current request not exists": expired, cancelled or unknown request."""
 
 
 class WrongStatus(SmsManError):

@@ -1,0 +1,48 @@
+"""`python -m bot`: read settings, build the app, poll until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+from pydantic import ValidationError
+
+from bot.logs import setup_logging
+from bot.settings import Settings, describe_errors
+
+
+def load_settings() -> Settings | None:
+    try:
+        return Settings()  # type: ignore[call-arg]
+    except ValidationError as exc:
+        for line in describe_errors(exc):
+            print(line, file=sys.stderr)
+        return None
+
+
+async def serve(settings: Settings) -> None:
+    from bot.app import build_app
+
+    app = await build_app(settings)
+    try:
+        await app.run_polling()
+    finally:
+        await app.close()
+
+
+def main() -> int:
+    settings = load_settings()
+    if settings is None:
+        return 2
+    setup_logging(settings.log_level, secrets=[settings.bot_token, settings.smsman_token])
+    try:
+        asyncio.run(serve(settings))
+    except KeyboardInterrupt:
+        pass
+    logging.getLogger("bot").info("stopped cleanly")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""Wiring: Bot, Dispatcher, SMS-Man client, storage and services; start and stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+from aiogram import Bot, Dispatcher
+from aiogram.client.default import DefaultBotProperties
+from aiogram.client.session.aiohttp import AiohttpSession
+from aiogram.client.telegram import TelegramAPIServer
+from aiogram.enums import ParseMode
+from aiogram.fsm.storage.memory import MemoryStorage
+from aiogram.utils.i18n import I18n
+
+from bot.notify import Notifier
+from bot.poller import Poller
+from bot.services.access import Access
+from bot.services.admin import AdminService
+from bot.services.catalogue import CatalogueService
+from bot.services.orders import OrderService
+from bot.services.pricing import Pricing
+from bot.services.users import UserService
+from bot.settings import Settings
+from bot.smsman.client import SmsManClient
+from bot.ui.i18n import make_i18n
+from handlers import get_routers
+from handlers.middlewares import InFlight, setup_middlewares
+from storage.db import Database
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class App:
+    settings: Settings
+    bot: Bot
+    dp: Dispatcher
+    db: Database
+    client: SmsManClient
+    catalogue: CatalogueService
+    orders: OrderService
+    admin: AdminService
+    poller: Poller
+    i18n: I18n
+    in_flight: InFlight
+    _background: set[asyncio.Task[None]] = field(default_factory=set)
+
+    async def on_startup(self) -> None:
+        """Recover orders, warm the caches and register commands, then let updates in."""
+        await self.admin.setup_commands(self.bot)
+        await self.poller.start()
+        self._spawn(self._warm())
+        self._spawn(self.admin.watch_balance())
+
+    async def on_shutdown(self) -> None:
+        await self.in_flight.wait(timeout=5.0)
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        await self.poller.stop()
+
+    def _spawn(self, coro: object) -> None:
+        task = asyncio.create_task(coro)  # type: ignore[arg-type]
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _warm(self) -> None:
+        try:
+            await self.catalogue.warm()
+        except Exception as exc:
+            log.warning("could not warm the catalogue: %s", type(exc).__name__)
+
+    async def run_polling(self) -> None:
+        await self.dp.start_polling(self.bot, handle_signals=True, close_bot_session=False)
+
+    async def close(self) -> None:
+        await self.catalogue.close()
+        await self.client.close()
+        await self.bot.session.close()
+        await self.db.close()
+
+
+async def build_app(settings: Settings) -> App:
+    i18n = make_i18n()
+    session = AiohttpSession(api=TelegramAPIServer.from_base(settings.telegram_api_url))
+    bot = Bot(
+        token=settings.bot_token.get_secret_value(),
+        session=session,
+        default=DefaultBotProperties(parse_mode=ParseMode.HTML),
+    )
+    db = await Database.open(settings.database_url)
+    client = SmsManClient(
+        settings.smsman_api_url,
+        settings.smsman_token.get_secret_value(),
+        timeout=settings.smsman_timeout,
+        max_concurrency=settings.smsman_max_concurrency,
+        max_rps=settings.smsman_max_rps,
+    )
+    access = Access(settings)
+    catalogue = CatalogueService(client, settings.popular_countries)
+    pricing = Pricing(settings, db)
+    await pricing.load()
+
+    async def on_blocked(chat_id: int) -> None:
+        await db.users.set_blocked(chat_id, True)
+
+    notifier = Notifier(bot, on_blocked)
+    admin = AdminService(
+        settings=settings, db=db, client=client, access=access, pricing=pricing,
+        notifier=notifier, i18n=i18n,
+    )
+    orders = OrderService(
+        settings=settings,
+        db=db,
+        client=client,
+        catalogue=catalogue,
+        pricing=pricing,
+        notifier=notifier,
+        i18n=i18n,
+        alert_admins=admin.alert,
+    )
+    poller = Poller(
+        db=db,
+        orders=orders,
+        interval=settings.sms_poll_interval,
+        concurrency=settings.smsman_max_concurrency,
+    )
+    dp = Dispatcher(storage=MemoryStorage())
+    in_flight = InFlight()
+    users = UserService(settings, db, client)
+    setup_middlewares(dp, users=users, access=access, i18n=i18n, in_flight=in_flight)
+    dp.include_routers(*get_routers(settings))
+    app = App(
+        settings=settings, bot=bot, dp=dp, db=db, client=client, catalogue=catalogue,
+        orders=orders, admin=admin, poller=poller, i18n=i18n, in_flight=in_flight,
+    )
+    dp.startup.register(app.on_startup)
+    dp.shutdown.register(app.on_shutdown)
+    # Handlers receive the services by name through aiogram's dependency injection.
+    dp.workflow_data.update(
+        settings=settings, catalogue=catalogue, orders=orders, pricing=pricing,
+        access=access, admin=admin, users=users, i18n=i18n,
+    )
+    return app

@@ -1,0 +1,1 @@
+"""The domain: catalogue, orders, wallet and access, used by handlers and the poller alike."""

@@ -1,0 +1,192 @@
+"""Countries, services and prices from SMS-Man, cached so menus never wait on the provider."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+from babel import Locale, UnknownLocaleError
+
+from bot.services.cache import Cached
+from bot.services.money import to_minor
+from bot.smsman.client import SmsManClient
+from bot.smsman.types import Application, Country, Price
+
+CATALOGUE_TTL = 3600.0
+PRICES_TTL = 180.0
+
+
+@dataclass(frozen=True, slots=True)
+class CountryItem:
+    id: int
+    title: str
+    code: str | None
+    min_cost: int | None  # minor units, when prices are known
+    stock: int | None
+
+    @property
+    def flag(self) -> str:
+        return flag_of(self.code)
+
+    def title_in(self, locale: str) -> str:
+        return territory_name(self.code, locale) or self.title
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceItem:
+    id: int
+    title: str
+    cost: int  # minor units
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class Offer:
+    country: CountryItem
+    service: ServiceItem
+
+
+def flag_of(code: str | None) -> str:
+    """The flag emoji of an ISO-3166 alpha-2 code (regional indicator letters)."""
+    if not code or len(code) != 2 or not code.isascii() or not code.isalpha():
+        return "🌐"
+    return "".join(chr(0x1F1E6 + ord(letter) - ord("A")) for letter in code.upper())
+
+
+@lru_cache(maxsize=4096)
+def territory_name(code: str | None, locale: str) -> str | None:
+    """The country's name in `locale` from CLDR (Babel), not from a hand-typed list."""
+    if not code or locale == "en":
+        return None
+    try:
+        names = Locale.parse(locale).territories
+    except (UnknownLocaleError, ValueError):
+        return None
+    name = names.get(code.upper())
+    return str(name) if name else None
+
+
+class CatalogueService:
+    def __init__(self, client: SmsManClient, popular: Sequence[str] = ()) -> None:
+        self._client = client
+        self._popular = {code.upper(): rank for rank, code in enumerate(popular)}
+        self._countries: Cached[list[Country]] = Cached(client.countries, CATALOGUE_TTL, "countries")
+        self._applications: Cached[dict[int, Application]] = Cached(
+            self._load_applications, CATALOGUE_TTL, "applications"
+        )
+        self._all_prices: Cached[list[Price]] = Cached(client.prices, PRICES_TTL, "prices")
+        self._prices: dict[int, Cached[list[Price]]] = {}
+        self._sales_rank: dict[int, int] = {}
+
+    async def _load_applications(self) -> dict[int, Application]:
+        return {app.id: app for app in await self._client.applications()}
+
+    async def warm(self) -> None:
+        """Fill every cache once, so the first user does not wait."""
+        await asyncio.gather(
+            self._countries.get(), self._applications.get(), self._all_prices.get()
+        )
+
+    def set_sales_rank(self, country_ids: Sequence[int]) -> None:
+        """Our own best sellers go first, after the operator's popular list."""
+        self._sales_rank = {country_id: rank for rank, country_id in enumerate(country_ids)}
+
+    async def countries(self) -> list[CountryItem]:
+        """Countries with stock, popular first, then alphabetical."""
+        countries = await self._countries.get()
+        try:
+            prices = await self._all_prices.get()
+        except Exception:
+            prices = None  # titles alone still let the user navigate
+        cheapest: dict[int, int] = {}
+        stock: dict[int, int] = {}
+        for price in prices or ():
+            if price.count <= 0:
+                continue
+            stock[price.country_id] = stock.get(price.country_id, 0) + price.count
+            cost = to_minor(price.cost)
+            if cost < cheapest.get(price.country_id, cost + 1):
+                cheapest[price.country_id] = cost
+        items = [
+            CountryItem(c.id, c.title, c.code, cheapest.get(c.id), stock.get(c.id))
+            for c in countries
+            if prices is None or c.id in stock
+        ]
+        items.sort(key=self._country_order)
+        return items
+
+    def _country_order(self, item: CountryItem) -> tuple[int, int, str]:
+        popular = self._popular.get((item.code or "").upper())
+        if popular is not None:
+            return (0, popular, "")
+        sales = self._sales_rank.get(item.id)
+        if sales is not None:
+            return (1, sales, "")
+        return (2, 0, item.title.casefold())
+
+    async def country(self, country_id: int) -> CountryItem | None:
+        for item in await self._countries.get():
+            if item.id == country_id:
+                return CountryItem(item.id, item.title, item.code, None, None)
+        return None
+
+    async def services(self, country_id: int) -> list[ServiceItem]:
+        """Services on sale in the country, with price and stock, alphabetical."""
+        cached = self._prices.get(country_id)
+        if cached is None:
+            cached = Cached(
+                lambda: self._client.prices(country_id), PRICES_TTL, f"prices {country_id}"
+            )
+            self._prices[country_id] = cached
+        prices, applications = await asyncio.gather(cached.get(), self._applications.get())
+        items = [
+            ServiceItem(
+                price.application_id,
+                _app_title(applications, price.application_id),
+                to_minor(price.cost),
+                price.count,
+            )
+            for price in prices
+            if price.count > 0
+        ]
+        items.sort(key=lambda item: item.title.casefold())
+        return items
+
+    async def offer(self, country_id: int, service_id: int) -> Offer | None:
+        country = await self.country(country_id)
+        if country is None:
+            return None
+        for service in await self.services(country_id):
+            if service.id == service_id:
+                return Offer(country, service)
+        return None
+
+    async def close(self) -> None:
+        caches: list[Cached[object]] = [
+            self._countries,  # type: ignore[list-item]
+            self._applications,  # type: ignore[list-item]
+            self._all_prices,  # type: ignore[list-item]
+            *self._prices.values(),  # type: ignore[list-item]
+        ]
+        for cache in caches:
+            await cache.close()
+
+
+def _app_title(applications: dict[int, Application], app_id: int) -> str:
+    app = applications.get(app_id)
+    return app.title if app else f"#{app_id}"
+
+
+def matches(item: CountryItem, query: str) -> bool:
+    """Case-insensitive match by title (English or Russian) or by ISO code."""
+    query = query.strip().casefold()
+    if not query:
+        return True
+    if item.code and query == item.code.casefold():
+        return True
+    if query in item.title.casefold():
+        return True
+    russian = territory_name(item.code, "ru")
+    return bool(russian and query in russian.casefold())

@@ -1,0 +1,493 @@
+"""An order's life: buy, poll, deliver a code, cancel, finish, expire.
+
+The storage state machine decides who wins a race; this module acts only on a transition
+that happened (reject at SMS-Man, refund, tell the user). Handlers and the poller share it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, replace
+from enum import StrEnum
+
+from aiogram.types import InlineKeyboardMarkup
+from aiogram.utils.i18n import I18n
+
+from bot.notify import Notifier, Outcome
+from bot.services.catalogue import CatalogueService
+from bot.services.money import from_minor
+from bot.services.pricing import Pricing
+from bot.settings import Settings
+from bot.smsman.client import SmsManClient
+from bot.smsman.errors import (
+    InsufficientBalance,
+    NoNumbers,
+    ProviderUnavailable,
+    RequestGone,
+    SmsManError,
+    WrongStatus,
+)
+from bot.smsman.types import Status
+from bot.ui import keyboards, texts
+from bot.ui.i18n import pick_locale
+from storage.db import Database
+from storage.errors import DuplicateOrder, InsufficientFunds, TooManyActiveOrders, UserBanned
+from storage.models import Code, Order, OrderStatus
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+NEW_MESSAGE = -1
+Alert = Callable[[str], Awaitable[None]]
+
+
+class BuyOutcome(StrEnum):
+    BOUGHT = "bought"
+    DUPLICATE = "duplicate"  # this confirm screen already made its order
+    SHORT = "short"  # wallet below the price
+    TOO_MANY = "too_many"
+    TOO_FAST = "too_fast"
+    BANNED = "banned"
+    PRICE_CHANGED = "price_changed"
+    NO_NUMBERS = "no_numbers"
+    UNAVAILABLE = "unavailable"  # the operator's SMS-Man balance is too low
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class BuyResult:
+    outcome: BuyOutcome
+    order: Order | None = None
+    price: int = 0
+    available: int = 0
+
+
+class ActionOutcome(StrEnum):
+    DONE = "done"
+    NOT_FOUND = "not_found"  # no such order for this user
+    NOT_ALLOWED = "not_allowed"  # the order is not in a state that allows it
+    TRY_LATER = "try_later"  # SMS-Man did not answer; nothing changed
+
+
+@dataclass(frozen=True, slots=True)
+class ActionResult:
+    outcome: ActionOutcome
+    order: Order | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OrdersView:
+    open: list[Order]
+    finished: list[tuple[Order, list[Code]]]
+
+
+class PollOutcome(StrEnum):
+    WAITING = "waiting"
+    CODE = "code"
+    CLOSED = "closed"  # the order left the open states
+
+
+class OrderService:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        db: Database,
+        client: SmsManClient,
+        catalogue: CatalogueService,
+        pricing: Pricing,
+        notifier: Notifier,
+        i18n: I18n,
+        alert_admins: Alert | None = None,
+        clock: Clock = time.time,
+    ) -> None:
+        self._settings = settings
+        self._db = db
+        self._client = client
+        self._catalogue = catalogue
+        self._pricing = pricing
+        self._notifier = notifier
+        self._i18n = i18n
+        self._alert_admins = alert_admins
+        self._clock = clock
+        self._locks: weakref.WeakValueDictionary[int, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._card_locks: weakref.WeakValueDictionary[int, asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
+        self.on_scheduled: Callable[[int, float], None] | None = None  # set by the poller
+
+    # -- helpers -------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _order_lock(self, order_id: int) -> AsyncIterator[None]:
+        """One actor per order in this process: the user's tap and the poller take turns."""
+        async with _lock_for(self._locks, order_id):
+            yield
+
+    def _schedule(self, order_id: int, at: float) -> None:
+        if self.on_scheduled is not None:
+            self.on_scheduled(order_id, at)
+
+    async def _locale_of(self, user_id: int) -> str:
+        user = await self._db.users.get(user_id)
+        return pick_locale(user.language if user else None)
+
+    # -- buying --------------------------------------------------------------------------
+
+    async def buy(
+        self,
+        *,
+        user_id: int,
+        chat_id: int,
+        country_id: int,
+        service_id: int,
+        quoted_cost: int,
+        multiple_sms: bool,
+        idempotency_key: str,
+    ) -> BuyResult:
+        """Hold the quoted price, then get-number with maxPrice = the quoted cost."""
+        existing = await self._db.orders.by_idempotency_key(idempotency_key)
+        if existing is not None:
+            return BuyResult(BuyOutcome.DUPLICATE, existing)
+        offer = await self._catalogue.offer(country_id, service_id)
+        if offer is None:
+            return BuyResult(BuyOutcome.NO_NUMBERS)
+        if quoted_cost < offer.service.cost:
+            return BuyResult(BuyOutcome.PRICE_CHANGED)
+        now = self._clock()
+        recent = await self._db.orders.count_recent(user_id, now - 60)
+        if recent >= self._settings.purchases_per_minute:
+            return BuyResult(BuyOutcome.TOO_FAST)
+        shop = self._settings.is_shop
+        price = self._pricing.price(quoted_cost) if shop else 0
+        try:
+            order = await self._db.orders.create(
+                user_id=user_id,
+                chat_id=chat_id,
+                country_id=country_id,
+                country_title=offer.country.title,
+                service_id=service_id,
+                service_title=offer.service.title,
+                price=price,
+                cost=quoted_cost,
+                currency=self._settings.currency,
+                idempotency_key=idempotency_key,
+                multiple_sms=multiple_sms,
+                hold=shop,
+                max_active=self._settings.max_active_orders,
+                now=now,
+            )
+        except DuplicateOrder as exc:
+            return BuyResult(BuyOutcome.DUPLICATE, exc.order)
+        except InsufficientFunds as exc:
+            return BuyResult(BuyOutcome.SHORT, price=price, available=exc.available)
+        except TooManyActiveOrders:
+            return BuyResult(BuyOutcome.TOO_MANY)
+        except UserBanned:
+            return BuyResult(BuyOutcome.BANNED)
+        log.info("order %s user %s: buying %s/%s", order.id, user_id, country_id, service_id)
+        return await self._get_number(order, multiple_sms)
+
+    async def _get_number(self, order: Order, multiple_sms: bool) -> BuyResult:
+        try:
+            number = await self._client.get_number(
+                order.country_id,
+                order.service_id,
+                max_price=from_minor(order.cost),
+                currency=self._settings.currency,
+                multiple_sms=multiple_sms,
+            )
+        except NoNumbers:
+            await self._fail(order, "no numbers")
+            return BuyResult(BuyOutcome.NO_NUMBERS)
+        except InsufficientBalance:
+            await self._fail(order, "provider balance too low")
+            if self._alert_admins is not None:
+                await self._alert_admins("provider_balance")
+            return BuyResult(BuyOutcome.UNAVAILABLE)
+        except ProviderUnavailable as exc:
+            # The answer was lost: SMS-Man may have sold a number we will never see. It
+            # lapses there unused; the user is not charged for it.
+            await self._fail(order, f"outcome unknown: {exc.message}")
+            return BuyResult(BuyOutcome.FAILED)
+        except SmsManError as exc:
+            await self._fail(order, f"{exc.code}: {exc.message}")
+            return BuyResult(BuyOutcome.FAILED)
+        now = self._clock()
+        expires_at = now + self._settings.activation_timeout
+        next_poll = now + self._settings.sms_poll_interval
+        stored = await self._db.orders.mark_waiting(
+            order.id,
+            request_id=number.request_id,
+            number=number.number,
+            expires_at=expires_at,
+            next_poll_at=next_poll,
+        )
+        if not stored:  # pragma: no cover - only the buyer moves a purchasing order
+            log.error("order %s: left purchasing before its number was stored", order.id)
+            return BuyResult(BuyOutcome.FAILED)
+        log.info("order %s: number bought, request %s", order.id, number.request_id)
+        self._schedule(order.id, next_poll)
+        fresh = await self._db.orders.get(order.id)
+        return BuyResult(BuyOutcome.BOUGHT, fresh)
+
+    async def _fail(self, order: Order, why: str) -> None:
+        if await self._db.orders.mark_failed(order.id):
+            log.info("order %s: purchase failed (%s); hold released", order.id, why)
+
+    # -- user actions --------------------------------------------------------------------
+
+    async def history(self, user_id: int, limit: int = 10) -> OrdersView:
+        """Open orders, and the last `limit` ended ones with their codes."""
+        open_orders = await self._db.orders.list_for_user(user_id, open_only=True, limit=50)
+        recent = await self._db.orders.list_for_user(user_id, limit=limit + len(open_orders))
+        ended = [order for order in recent if not order.is_open][:limit]
+        finished = [(order, await self._db.orders.codes_of(order.id)) for order in ended]
+        return OrdersView(open_orders, finished)
+
+    async def order_of(self, user_id: int, order_id: int) -> Order | None:
+        return await self._db.orders.get_for_user(order_id, user_id)
+
+    async def cancel(self, user_id: int, order_id: int) -> ActionResult:
+        order = await self._db.orders.get_for_user(order_id, user_id)
+        if order is None:
+            return ActionResult(ActionOutcome.NOT_FOUND)
+        async with self._order_lock(order.id):
+            order = await self._db.orders.get(order.id)
+            if order is None or order.status is not OrderStatus.WAITING:
+                return ActionResult(ActionOutcome.NOT_ALLOWED, order)
+            try:
+                await self._reject(order, expire=False)
+            except ProviderUnavailable:
+                return ActionResult(ActionOutcome.TRY_LATER, order)
+        return ActionResult(ActionOutcome.DONE, await self._db.orders.get(order.id))
+
+    async def finish(self, user_id: int, order_id: int) -> ActionResult:
+        order = await self._db.orders.get_for_user(order_id, user_id)
+        if order is None:
+            return ActionResult(ActionOutcome.NOT_FOUND)
+        async with self._order_lock(order.id):
+            order = await self._db.orders.get(order.id)
+            if order is None or order.status is not OrderStatus.RECEIVED:
+                return ActionResult(ActionOutcome.NOT_ALLOWED, order)
+            try:
+                await self._close(order)
+            except ProviderUnavailable:
+                return ActionResult(ActionOutcome.TRY_LATER, order)
+        return ActionResult(ActionOutcome.DONE, await self._db.orders.get(order.id))
+
+    async def another_code(self, user_id: int, order_id: int) -> ActionResult:
+        order = await self._db.orders.get_for_user(order_id, user_id)
+        if order is None:
+            return ActionResult(ActionOutcome.NOT_FOUND)
+        async with self._order_lock(order.id):
+            order = await self._db.orders.get(order.id)
+            if (
+                order is None
+                or order.status is not OrderStatus.RECEIVED
+                or not order.multiple_sms
+                or order.want_more
+                or order.request_id is None
+            ):
+                return ActionResult(ActionOutcome.NOT_ALLOWED, order)
+            try:
+                await self._client.set_status(order.request_id, Status.RETRY_SMS)
+            except ProviderUnavailable:
+                return ActionResult(ActionOutcome.TRY_LATER, order)
+            except SmsManError as exc:
+                log.warning("order %s: retrysms refused: %s", order.id, exc.code)
+                return ActionResult(ActionOutcome.NOT_ALLOWED, order)
+            await self._db.orders.request_more(order.id)
+            next_poll = self._clock() + self._settings.sms_poll_interval
+            await self._db.orders.set_next_poll(order.id, next_poll)
+            self._schedule(order.id, next_poll)
+        return ActionResult(ActionOutcome.DONE, await self._db.orders.get(order.id))
+
+    # -- the poller's side ---------------------------------------------------------------
+
+    async def poll(self, order_id: int) -> PollOutcome:
+        """Ask SMS-Man for a code once; ProviderUnavailable is the caller's to back off."""
+        async with self._order_lock(order_id):
+            order = await self._db.orders.get(order_id)
+            if order is None or order.request_id is None:
+                return PollOutcome.CLOSED
+            if order.status is OrderStatus.WAITING or (
+                order.status is OrderStatus.RECEIVED and order.want_more
+            ):
+                return await self._poll(order)
+            return PollOutcome.CLOSED if not order.is_open else PollOutcome.WAITING
+
+    async def _poll(self, order: Order) -> PollOutcome:
+        assert order.request_id is not None
+        try:
+            sms = await self._client.get_sms(order.request_id)
+        except RequestGone:
+            await self._request_gone(order)
+            return PollOutcome.CLOSED
+        if sms.code is None:
+            return PollOutcome.WAITING
+        code = await self._store_code(order, sms.code)
+        if code is None:
+            return PollOutcome.WAITING  # the same code again, before the next one arrived
+        await self.deliver(code)
+        return PollOutcome.CODE
+
+    async def _store_code(self, order: Order, code: str) -> Code | None:
+        if order.status in (OrderStatus.CANCELLED, OrderStatus.EXPIRED):
+            stored = await self._db.orders.revive_with_code(order.id, code)
+        else:
+            stored = await self._db.orders.add_code(order.id, code, now=self._clock())
+        if stored is not None:
+            log.info("order %s user %s: code stored", order.id, order.user_id)
+        return stored
+
+    async def _request_gone(self, order: Order) -> None:
+        """SMS-Man forgot the request: it ends here, refunded only if no code came."""
+        if order.status is OrderStatus.WAITING:
+            if await self._db.orders.expire(order.id):
+                log.info("order %s: request gone at SMS-Man; expired and released", order.id)
+                await self._tell_expired(order)
+        elif order.status is OrderStatus.RECEIVED:
+            await self._db.orders.finish(order.id)
+        await self.refresh_card(order.id)
+
+    async def expire_due(self, order_id: int) -> None:
+        """The deadline passed: reject without a code, close with one."""
+        async with self._order_lock(order_id):
+            order = await self._db.orders.get(order_id)
+            if order is None:
+                return
+            if order.status is OrderStatus.WAITING:
+                await self._reject(order, expire=True)
+            elif order.status is OrderStatus.RECEIVED:
+                await self._close(order)
+
+    async def _reject(self, order: Order, *, expire: bool) -> None:
+        assert order.request_id is not None
+        try:
+            await self._client.set_status(order.request_id, Status.REJECT)
+        except WrongStatus:
+            # SMS-Man refuses a reject once a code came: fetch it and deliver it instead.
+            log.info("order %s: reject refused, looking for a code", order.id)
+            outcome = await self._poll(order)
+            if outcome is not PollOutcome.WAITING:
+                return
+            raise ProviderUnavailable("wrong_status", "reject refused, no code yet") from None
+        except RequestGone:
+            pass  # already gone at SMS-Man: nothing more to reject
+        moved = self._db.orders.expire if expire else self._db.orders.cancel
+        if await moved(order.id):
+            log.info("order %s: %s, hold released", order.id, "expired" if expire else "cancelled")
+            if expire:
+                await self._tell_expired(order)
+        await self.refresh_card(order.id)
+
+    async def _close(self, order: Order) -> None:
+        assert order.request_id is not None
+        try:
+            await self._client.set_status(order.request_id, Status.CLOSE)
+        except (WrongStatus, RequestGone):
+            pass  # SMS-Man already ended it; we only record the end
+        if await self._db.orders.finish(order.id):
+            log.info("order %s: finished", order.id)
+        await self.refresh_card(order.id)
+
+    async def _tell_expired(self, order: Order) -> None:
+        locale = await self._locale_of(order.user_id)
+        with self._i18n.use_locale(locale):
+            text = texts.order_expired_notice(order)
+        await self._notifier.send(order.chat_id, text)
+
+    # -- delivery and the card -----------------------------------------------------------
+
+    async def deliver(self, code: Code) -> bool:
+        """Send the code as a new message; it counts as delivered once Telegram took it."""
+        order = await self._db.orders.get(code.order_id)
+        if order is None:  # pragma: no cover - codes reference orders
+            return False
+        user = await self._db.users.get(order.user_id)
+        if user is not None and user.blocked:
+            return False  # kept for My orders; sent when they come back
+        with self._i18n.use_locale(pick_locale(user.language if user else None)):
+            text = texts.code_message(order, code.code)
+        result = await self._notifier.send(order.chat_id, text)
+        if result.ok and result.message_id is not None:
+            await self._db.codes.mark_delivered(code.id, result.message_id, now=self._clock())
+            log.info("order %s user %s: code delivered", order.id, order.user_id)
+        await self.refresh_card(order.id)
+        return result.ok
+
+    async def deliver_pending(self) -> int:
+        """Codes stored but not yet accepted by Telegram (a crash, a flood, a block)."""
+        delivered = 0
+        for code, _order in await self._db.codes.undelivered():
+            if await self.deliver(code):
+                delivered += 1
+        return delivered
+
+    def render_card(
+        self, order: Order, codes: list[Code], locale: str
+    ) -> tuple[str, str, InlineKeyboardMarkup | None]:
+        with self._i18n.use_locale(locale):
+            text = texts.order_card(order, codes, self._clock())
+            markup = keyboards.order_card(order)
+        dump = markup.model_dump(exclude_none=True) if markup else None
+        signature = text + "\x00" + json.dumps(dump, sort_keys=True)
+        return text, signature, markup
+
+    async def refresh_card(self, order_id: int, *, message_id: int | None = None) -> None:
+        """Edit the order card if its text or buttons changed; send a new one if it's gone.
+
+        `message_id` moves the card: the handler's confirm screen becomes the card, or
+        (with -1) My orders brings it back as a new message at the bottom of the chat.
+        """
+        async with _lock_for(self._card_locks, order_id):
+            await self._refresh_card(order_id, message_id)
+
+    async def _refresh_card(self, order_id: int, message_id: int | None) -> None:
+        order = await self._db.orders.get(order_id)
+        if order is None:
+            return
+        user = await self._db.users.get(order.user_id)
+        if user is not None and user.blocked:
+            return
+        codes = await self._db.orders.codes_of(order.id)
+        text, signature, markup = self.render_card(
+            order, codes, pick_locale(user.language if user else None)
+        )
+        if message_id == NEW_MESSAGE:
+            order = replace(order, message_id=None)
+        elif message_id is not None and message_id != order.message_id:
+            order = replace(order, message_id=message_id, card_text=None)
+        if order.message_id is not None and signature == order.card_text:
+            return
+        if order.message_id is not None:
+            result = await self._notifier.edit(order.chat_id, order.message_id, text, markup)
+            if result.outcome is not Outcome.GONE:
+                if result.ok:
+                    await self._db.orders.set_message(order.id, order.message_id, signature)
+                return
+        result = await self._notifier.send(order.chat_id, text, markup)
+        if result.ok:
+            await self._db.orders.set_message(order.id, result.message_id, signature)
+
+    async def recover(self) -> None:
+        """At start: purchases cut short by a crash fail (released), stuck codes go out."""
+        for order in await self._db.orders.list_open():
+            if order.status is OrderStatus.PURCHASING:
+                await self._fail(order, "interrupted by a restart")
+        await self.deliver_pending()
+
+
+def _lock_for(locks: weakref.WeakValueDictionary[int, asyncio.Lock], key: int) -> asyncio.Lock:
+    lock = locks.get(key)
+    if lock is None:
+        lock = asyncio.Lock()
+        locks[key] = lock
+    return lock

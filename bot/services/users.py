@@ -1,0 +1,48 @@
+"""Users: first sight, language, blocked flag, and what /balance shows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bot.settings import Settings
+from bot.smsman.client import SmsManClient
+from bot.ui.i18n import SUPPORTED_LOCALES, pick_locale
+from storage.db import Database
+from storage.models import User
+
+
+@dataclass(frozen=True, slots=True)
+class WalletView:
+    available: int
+    held: int
+
+
+class UserService:
+    def __init__(self, settings: Settings, db: Database, client: SmsManClient) -> None:
+        self._settings = settings
+        self._db = db
+        self._client = client
+
+    async def touch(self, user_id: int, language_code: str | None) -> User:
+        """The user's row; first sight stores their language, a message unblocks them."""
+        user = await self._db.users.get(user_id)
+        if user is None:
+            user = await self._db.users.upsert(user_id, pick_locale(None, language_code))
+        if user.blocked:
+            await self._db.users.set_blocked(user_id, False)
+            user = await self._db.users.get(user_id) or user
+        return user
+
+    async def set_language(self, user_id: int, locale: str) -> bool:
+        if locale not in SUPPORTED_LOCALES:
+            return False
+        await self._db.users.set_language(user_id, locale)
+        return True
+
+    async def wallet(self, user_id: int) -> WalletView:
+        available, held = await self._db.wallet.balance(user_id)
+        return WalletView(available, held)
+
+    async def provider_balance(self) -> str:
+        balance = await self._client.get_balance()
+        return f"{balance.balance:.2f}"

@@ -1,0 +1,1 @@
+"""Callback data, keyboards and message rendering (every outside string escaped)."""

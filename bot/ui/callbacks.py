@@ -1,0 +1,65 @@
+"""CallbackData factories: short prefixes so every button stays far below 64 bytes."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from aiogram.filters.callback_data import CallbackData
+
+
+class MenuAction(StrEnum):
+    HOME = "home"
+    BUY = "buy"
+    ORDERS = "orders"
+    BALANCE = "bal"
+    HELP = "help"
+    LANGUAGE = "lang"
+
+
+class OrderAction(StrEnum):
+    SHOW = "show"
+    CANCEL = "cancel"
+    FINISH = "fin"
+    MORE = "more"
+
+
+class MenuCb(CallbackData, prefix="m"):
+    action: MenuAction
+
+
+class CountryPageCb(CallbackData, prefix="cp"):
+    page: int
+    filtered: bool = False
+
+
+class CountryCb(CallbackData, prefix="c"):
+    country: int
+
+
+class ServicePageCb(CallbackData, prefix="sp"):
+    country: int
+    page: int
+    filtered: bool = False
+
+
+class ServiceCb(CallbackData, prefix="s"):
+    country: int
+    service: int
+
+
+class BuyCb(CallbackData, prefix="b"):
+    """The quote travels with the button: `cost` is the provider cost shown, in minor units."""
+
+    country: int
+    service: int
+    cost: int
+    multi: bool = False
+
+
+class OrderCb(CallbackData, prefix="o"):
+    action: OrderAction
+    order: int
+
+
+class LanguageCb(CallbackData, prefix="l"):
+    code: str

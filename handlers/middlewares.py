@@ -1,0 +1,91 @@
+"""Outer middlewares: in-flight tracking, the user row, the locale and access control."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiogram import BaseMiddleware, Dispatcher
+from aiogram.types import TelegramObject, Update
+from aiogram.types import User as TgUser
+from aiogram.utils.i18n import I18n
+
+from bot.services.access import Access, Verdict
+from bot.services.users import UserService
+from bot.ui import texts
+from bot.ui.i18n import pick_locale
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[TelegramObject, dict[str, Any]], Awaitable[Any]]
+
+
+class InFlight(BaseMiddleware):
+    """Counts updates being handled, so shutdown can let them finish."""
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def __call__(self, handler: Handler, event: TelegramObject, data: dict[str, Any]) -> Any:
+        self._count += 1
+        self._idle.clear()
+        try:
+            return await handler(event, data)
+        finally:
+            self._count -= 1
+            if self._count == 0:
+                self._idle.set()
+
+    async def wait(self, timeout: float) -> None:
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            log.warning("%s updates still running at shutdown", self._count)
+
+
+class UserAccess(BaseMiddleware):
+    """Records the user, picks their language and refuses those who may not use the bot.
+
+    A refused update never reaches a handler, so it can never cause a call to SMS-Man.
+    """
+
+    def __init__(self, users: UserService, access: Access, i18n: I18n) -> None:
+        self._users = users
+        self._access = access
+        self._i18n = i18n
+
+    async def __call__(self, handler: Handler, event: TelegramObject, data: dict[str, Any]) -> Any:
+        tg_user: TgUser | None = data.get("event_from_user")
+        if tg_user is None or tg_user.is_bot:
+            return None
+        user = await self._users.touch(tg_user.id, tg_user.language_code)
+        locale = pick_locale(user.language, tg_user.language_code)
+        data["user"] = user
+        data["locale"] = locale
+        data["is_admin"] = self._access.is_admin(tg_user.id)
+        with self._i18n.use_locale(locale):
+            verdict = self._access.verdict(tg_user.id, user)
+            if verdict is not Verdict.ALLOWED:
+                await self._refuse(event, verdict, tg_user.id)
+                return None
+            return await handler(event, data)
+
+    async def _refuse(self, event: TelegramObject, verdict: Verdict, user_id: int) -> None:
+        text = texts.refused_private(user_id) if verdict is Verdict.NOT_LISTED else texts.banned()
+        if not isinstance(event, Update):
+            return
+        if event.callback_query is not None:
+            await event.callback_query.answer(texts.plain_short(text), show_alert=True)
+        elif event.message is not None:
+            await event.message.answer(text)
+
+
+def setup_middlewares(
+    dp: Dispatcher, *, users: UserService, access: Access, i18n: I18n, in_flight: InFlight
+) -> None:
+    dp.update.outer_middleware(in_flight)
+    dp.update.outer_middleware(UserAccess(users, access, i18n))
