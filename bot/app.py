@@ -108,8 +108,13 @@ async def build_app(settings: Settings) -> App:
 
     notifier = Notifier(bot, on_blocked)
     admin = AdminService(
-        settings=settings, db=db, client=client, access=access, pricing=pricing,
-        notifier=notifier, i18n=i18n,
+        settings=settings,
+        db=db,
+        client=client,
+        access=access,
+        pricing=pricing,
+        notifier=notifier,
+        i18n=i18n,
     )
     orders = OrderService(
         settings=settings,
@@ -133,14 +138,29 @@ async def build_app(settings: Settings) -> App:
     setup_middlewares(dp, users=users, access=access, i18n=i18n, in_flight=in_flight)
     dp.include_routers(*get_routers(settings))
     app = App(
-        settings=settings, bot=bot, dp=dp, db=db, client=client, catalogue=catalogue,
-        orders=orders, admin=admin, poller=poller, i18n=i18n, in_flight=in_flight,
+        settings=settings,
+        bot=bot,
+        dp=dp,
+        db=db,
+        client=client,
+        catalogue=catalogue,
+        orders=orders,
+        admin=admin,
+        poller=poller,
+        i18n=i18n,
+        in_flight=in_flight,
     )
     dp.startup.register(app.on_startup)
     dp.shutdown.register(app.on_shutdown)
     # Handlers receive the services by name through aiogram's dependency injection.
     dp.workflow_data.update(
-        settings=settings, catalogue=catalogue, orders=orders, pricing=pricing,
-        access=access, admin=admin, users=users, i18n=i18n,
+        settings=settings,
+        catalogue=catalogue,
+        orders=orders,
+        pricing=pricing,
+        access=access,
+        admin=admin,
+        users=users,
+        i18n=i18n,
     )
     return app

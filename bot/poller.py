@@ -167,7 +167,9 @@ class Poller:
     async def _sleep(self, seconds: float | None) -> None:
         self._wake.clear()
         try:
-            await asyncio.wait_for(self._wake.wait(), timeout=None if seconds is None else max(0.0, seconds))
+            await asyncio.wait_for(
+                self._wake.wait(), timeout=None if seconds is None else max(0.0, seconds)
+            )
         except TimeoutError:
             pass
 

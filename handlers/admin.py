@@ -14,7 +14,9 @@ def router(settings: Settings) -> Router:
     r = Router(name="admin")
     admins = frozenset(settings.admin_ids)
     # A filter on the router: non-admins fall through to the fallback as if unknown.
-    r.message.filter(lambda message: message.from_user is not None and message.from_user.id in admins)
+    r.message.filter(
+        lambda message: message.from_user is not None and message.from_user.id in admins
+    )
     r.message.register(on_credit, Command("credit"))
     return r
 

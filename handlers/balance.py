@@ -21,7 +21,9 @@ def router() -> Router:
     return r
 
 
-async def on_balance(event: Message | CallbackQuery, users: UserService, settings: Settings) -> None:
+async def on_balance(
+    event: Message | CallbackQuery, users: UserService, settings: Settings
+) -> None:
     """Show what the user can spend."""
     user_id = event.from_user.id if event.from_user else 0
     if settings.is_shop:

@@ -14,7 +14,15 @@ from bot.services.pricing import Pricing
 from bot.settings import Settings
 from bot.smsman.errors import SmsManError
 from bot.ui import keyboards, texts
-from bot.ui.callbacks import BuyCb, CountryCb, CountryPageCb, MenuAction, MenuCb, ServiceCb, ServicePageCb
+from bot.ui.callbacks import (
+    BuyCb,
+    CountryCb,
+    CountryPageCb,
+    MenuAction,
+    MenuCb,
+    ServiceCb,
+    ServicePageCb,
+)
 from bot.ui.screen import show
 
 MAX_QUERY = 64
@@ -177,8 +185,14 @@ async def on_service_page(
     await state.set_state(Choosing.service)
     await state.update_data(country=callback_data.country)
     await _service_screen(
-        callback, callback_data.country, catalogue, pricing, settings, locale,
-        callback_data.page, query,
+        callback,
+        callback_data.country,
+        catalogue,
+        pricing,
+        settings,
+        locale,
+        callback_data.page,
+        query,
     )
     await callback.answer()
 
@@ -263,7 +277,9 @@ async def _render_buy(
         await orders.refresh_card(result.order.id, message_id=message.message_id)
         return
     text = {
-        BuyOutcome.SHORT: lambda: texts.top_up_first(result.available, result.price, settings.currency),
+        BuyOutcome.SHORT: lambda: texts.top_up_first(
+            result.available, result.price, settings.currency
+        ),
         BuyOutcome.TOO_MANY: lambda: texts.too_many_active(settings.max_active_orders),
         BuyOutcome.TOO_FAST: texts.too_fast,
         BuyOutcome.BANNED: texts.banned,

@@ -24,6 +24,7 @@ async def on_unknown_callback(callback: CallbackQuery) -> None:
 
 async def on_stray_message(message: Message) -> None:
     """Text outside any step: point back to the menu."""
-    await message.answer(texts.start_text(
-        message.from_user.first_name if message.from_user else None
-    ), reply_markup=keyboards.main_menu())
+    await message.answer(
+        texts.start_text(message.from_user.first_name if message.from_user else None),
+        reply_markup=keyboards.main_menu(),
+    )

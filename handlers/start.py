@@ -8,6 +8,7 @@ from aiogram.fsm.context import FSMContext
 from aiogram.types import CallbackQuery, Message
 from aiogram.utils.i18n import I18n
 
+from bot.services.admin import AdminService
 from bot.services.users import UserService
 from bot.ui import keyboards, texts
 from bot.ui.callbacks import LanguageCb, MenuAction, MenuCb
@@ -26,9 +27,13 @@ def router() -> Router:
     return r
 
 
-async def on_start(message: Message, state: FSMContext) -> None:
+async def on_start(
+    message: Message, state: FSMContext, is_admin: bool, admin: AdminService
+) -> None:
     """Greet and show the main menu."""
     await state.clear()
+    if is_admin and message.bot is not None:
+        await admin.setup_admin_commands(message.bot, message.chat.id)
     name = message.from_user.first_name if message.from_user else None
     await message.answer(texts.start_text(name), reply_markup=keyboards.main_menu())
 

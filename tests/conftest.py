@@ -63,7 +63,9 @@ async def running(settings: Settings) -> AsyncIterator[App]:
     """The bot in this process, long polling the fake Telegram, until the block ends."""
     app = await build_app(settings)
     task = asyncio.create_task(
-        app.dp.start_polling(app.bot, handle_signals=False, close_bot_session=False, polling_timeout=1)
+        app.dp.start_polling(
+            app.bot, handle_signals=False, close_bot_session=False, polling_timeout=1
+        )
     )
     try:
         for _ in range(200):  # wait until startup is done and polling began

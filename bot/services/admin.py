@@ -7,6 +7,7 @@ import logging
 from decimal import Decimal
 
 from aiogram import Bot
+from aiogram.exceptions import TelegramAPIError
 from aiogram.types import BotCommand, BotCommandScopeChat, BotCommandScopeDefault
 from aiogram.utils.i18n import I18n
 from aiogram.utils.i18n import gettext as _
@@ -102,18 +103,27 @@ class AdminService:
         )
 
     async def setup_commands(self, bot: Bot) -> None:
-        """/start, /buy, /orders, /balance, /help for all; admins also see theirs."""
+        """/start, /buy, /orders, /balance, /help for all; admins also see theirs.
+
+        Telegram answers "chat not found" for a chat that never talked to the bot, so an
+        admin's own list is set here only if we know them, and otherwise on their /start.
+        """
         for locale in SUPPORTED_LOCALES:
             with self._i18n.use_locale(locale):
                 commands = user_commands()
-                extra = admin_commands(self._settings.is_shop)
             code = None if locale == "en" else locale
             await bot.set_my_commands(commands, scope=BotCommandScopeDefault(), language_code=code)
-            for admin_id in self._access.admin_ids:
-                await bot.set_my_commands(
-                    commands + extra, scope=BotCommandScopeChat(chat_id=admin_id),
-                    language_code=code,
-                )
+        for admin_id in self._access.admin_ids:
+            if await self._db.users.get(admin_id) is not None:
+                await self.setup_admin_commands(bot, admin_id)
+
+    async def setup_admin_commands(self, bot: Bot, admin_id: int) -> None:
+        with self._i18n.use_locale(await self._locale(admin_id)):
+            commands = user_commands() + admin_commands(self._settings.is_shop)
+        try:
+            await bot.set_my_commands(commands, scope=BotCommandScopeChat(chat_id=admin_id))
+        except TelegramAPIError as exc:
+            log.warning("could not set the admin commands of %s: %s", admin_id, exc.message)
 
     async def alert(self, kind: str) -> None:
         """Tell every admin; in their own language when we know it."""

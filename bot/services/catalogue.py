@@ -72,7 +72,9 @@ class CatalogueService:
     def __init__(self, client: SmsManClient, popular: Sequence[str] = ()) -> None:
         self._client = client
         self._popular = {code.upper(): rank for rank, code in enumerate(popular)}
-        self._countries: Cached[list[Country]] = Cached(client.countries, CATALOGUE_TTL, "countries")
+        self._countries: Cached[list[Country]] = Cached(
+            client.countries, CATALOGUE_TTL, "countries"
+        )
         self._applications: Cached[dict[int, Application]] = Cached(
             self._load_applications, CATALOGUE_TTL, "applications"
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable, Iterator
 from decimal import Decimal, InvalidOperation
 from typing import Any, TypeVar
@@ -36,6 +37,8 @@ _ERRORS: dict[str, type[SmsManError]] = {
 }
 _MAX_MESSAGE = 300
 _MAX_DEPTH = 4
+_INTEGER = re.compile(r"^(-?[0-9]{1,18})(?:\.0*)?$")
+_BIG = Decimal(10) ** 18
 
 T = TypeVar("T")
 
@@ -115,20 +118,20 @@ def error_from(body: Any, *, allow_wait: bool = False) -> SmsManError | None:
 
 
 def to_int(value: Any) -> int | None:
-    """An id or a count as int: JSON int, digit string or integral Decimal; else None."""
+    """An id or a count as int: JSON int, ASCII digit string or integral Decimal; else None."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
         return value
     if isinstance(value, str):
-        value = value.strip()
-        if value.lstrip("-").isdigit():
-            return int(value)
-        try:
-            value = Decimal(value)
-        except InvalidOperation:
-            return None
-    if isinstance(value, Decimal) and value.is_finite() and value == value.to_integral_value():
+        match = _INTEGER.match(value.strip())
+        return int(match[1]) if match else None
+    if (
+        isinstance(value, Decimal)
+        and value.is_finite()
+        and value == value.to_integral_value()
+        and abs(value) < _BIG
+    ):
         return int(value)
     return None
 

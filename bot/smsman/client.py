@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import re
 import time
 from collections.abc import Callable, Mapping
 from decimal import Decimal
@@ -25,6 +26,7 @@ from typing import Any, Self, TypeVar
 from urllib.parse import quote, quote_plus
 
 import aiohttp
+import yarl
 
 from . import _parse
 from ._limiter import CallGate
@@ -38,6 +40,8 @@ GET_NUMBER_CONCURRENCY = 2  # what SMS-Man's own client allows
 _MAX_BACKOFF = 30.0
 
 T = TypeVar("T")
+# Belt and braces: whatever spelling a URL library chose, a `token=` query value goes.
+_TOKEN_IN_QUERY = re.compile(r"(\btoken=)[^&\s'\"<>]+")
 
 
 class SmsManClient:
@@ -66,10 +70,7 @@ class SmsManClient:
         self._max_concurrency = max_concurrency
         self._gate = CallGate(max_concurrency, max_rps)
         self._get_number_slots = asyncio.Semaphore(GET_NUMBER_CONCURRENCY)
-        # The token as it may appear in text: raw, and URL-encoded in a query string.
-        self._secrets = (
-            tuple({token, quote(token, safe=""), quote_plus(token, safe="")}) if token else ()
-        )
+        self._secrets = _spellings(token)
         self._session: aiohttp.ClientSession | None = None  # reads, keep-alive
         self._write_session: aiohttp.ClientSession | None = None  # writes, fresh connections
         self._random = random.Random()
@@ -282,6 +283,8 @@ class SmsManClient:
             body = _parse.decode(raw)
         except _parse.NotJson as exc:
             code = "html" if exc.html else "malformed"
+            if status >= 400:
+                code = f"http_{status}"
             return None, ProviderUnavailable(code, f"{method}: {exc} (HTTP {status})")
         error = _parse.error_from(body, allow_wait=allow_wait)
         if error is not None:
@@ -299,7 +302,17 @@ class SmsManClient:
     def _redact(self, text: str) -> str:
         for secret in self._secrets:
             text = text.replace(secret, "***")
-        return text
+        return _TOKEN_IN_QUERY.sub(r"\1***", text)
+
+
+def _spellings(token: str) -> tuple[str, ...]:
+    """The token as it may appear in text: raw, and URL-encoded the ways URLs do it;
+    longest first, so a longer spelling is not half-replaced by a shorter one."""
+    if not token:
+        return ()
+    in_query = yarl.URL.build(query={"t": token}).raw_query_string.removeprefix("t=")
+    spellings = {token, quote(token, safe=""), quote_plus(token, safe=""), in_query}
+    return tuple(sorted(spellings, key=len, reverse=True))
 
 
 def _id(value: int) -> int:

@@ -95,7 +95,10 @@ def countries(
     sizes = [2] * (len(shown) // 2) + [1] * (len(shown) % 2)
     nav = 0
     if pg.has_prev:
-        kb.button(text="‹ " + _("Back"), callback_data=CountryPageCb(page=pg.number - 1, filtered=filtered))
+        kb.button(
+            text="‹ " + _("Back"),
+            callback_data=CountryPageCb(page=pg.number - 1, filtered=filtered),
+        )
         nav += 1
     if pg.count > 1:
         kb.button(
@@ -104,7 +107,10 @@ def countries(
         )
         nav += 1
     if pg.has_next:
-        kb.button(text=_("Next") + " ›", callback_data=CountryPageCb(page=pg.number + 1, filtered=filtered))
+        kb.button(
+            text=_("Next") + " ›",
+            callback_data=CountryPageCb(page=pg.number + 1, filtered=filtered),
+        )
         nav += 1
     _home_button(kb)
     kb.adjust(*sizes, *([nav] if nav else []), 1)
@@ -158,9 +164,7 @@ def confirm(country_id: int, service_id: int, cost: int, *, multi: bool) -> Inli
         text="✅ " + _("Buy"),
         callback_data=BuyCb(country=country_id, service=service_id, cost=cost, multi=multi),
     )
-    kb.button(
-        text="↩ " + _("Services"), callback_data=ServicePageCb(country=country_id, page=0)
-    )
+    kb.button(text="↩ " + _("Services"), callback_data=ServicePageCb(country=country_id, page=0))
     kb.adjust(1)
     return kb.as_markup()
 
@@ -168,14 +172,20 @@ def confirm(country_id: int, service_id: int, cost: int, *, multi: bool) -> Inli
 def order_card(order: Order) -> InlineKeyboardMarkup | None:
     kb = InlineKeyboardBuilder()
     if order.status is OrderStatus.WAITING:
-        kb.button(text="✖ " + _("Cancel"), callback_data=OrderCb(action=OrderAction.CANCEL, order=order.id))
+        kb.button(
+            text="✖ " + _("Cancel"),
+            callback_data=OrderCb(action=OrderAction.CANCEL, order=order.id),
+        )
     elif order.status is OrderStatus.RECEIVED:
         if order.multiple_sms and not order.want_more:
             kb.button(
                 text="🔁 " + _("Another code"),
                 callback_data=OrderCb(action=OrderAction.MORE, order=order.id),
             )
-        kb.button(text="✔ " + _("Finish"), callback_data=OrderCb(action=OrderAction.FINISH, order=order.id))
+        kb.button(
+            text="✔ " + _("Finish"),
+            callback_data=OrderCb(action=OrderAction.FINISH, order=order.id),
+        )
     else:
         return None
     kb.adjust(1)

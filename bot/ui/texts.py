@@ -138,7 +138,9 @@ def order_card(order: Order, codes: Sequence[Code], now: float | None = None) ->
     if order.status is OrderStatus.WAITING and order.expires_at is not None:
         lines.append(_("Time left: {left}").format(left=minutes_left(order.expires_at - now)))
     if codes:
-        lines.append(_("Codes: {codes}").format(codes=", ".join(f"<code>{e(c.code)}</code>" for c in codes)))
+        lines.append(
+            _("Codes: {codes}").format(codes=", ".join(f"<code>{e(c.code)}</code>" for c in codes))
+        )
     if order.status is OrderStatus.WAITING:
         lines.append(_("The code will appear here as soon as it arrives."))
     return "\n".join(lines)
@@ -234,9 +236,9 @@ def try_again_later() -> str:
 
 
 def order_expired_notice(order: Order) -> str:
-    return _("⌛ No code came for order #{id} ({service}) in time. It was cancelled and not charged.").format(
-        id=order.id, service=e(order.service_title)
-    )
+    return _(
+        "⌛ No code came for order #{id} ({service}) in time. It was cancelled and not charged."
+    ).format(id=order.id, service=e(order.service_title))
 
 
 def low_balance_alert(balance: str, threshold: str) -> str:

@@ -603,7 +603,7 @@ def _int(value: str | None) -> int | None:
     if value is None:
         return None
     value = value.strip()
-    return int(value) if value.isdigit() else None
+    return int(value) if value.isascii() and value.isdigit() else None
 
 
 __all__ = ["FAULT_KINDS", "Call", "FakeRequest", "FakeSmsMan"]

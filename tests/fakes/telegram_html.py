@@ -268,9 +268,7 @@ def parse_html(html: str, *, strict_ampersand: bool = True) -> tuple[str, list[d
             if entity is not None:
                 entities.append(entity)
     if stack:
-        raise EntityParseError(
-            f'Can\'t find end tag corresponding to start tag "{stack[-1].tag}"'
-        )
+        raise EntityParseError(f'Can\'t find end tag corresponding to start tag "{stack[-1].tag}"')
     entities.sort(key=lambda e: (e["offset"], -e["length"]))
     return out.decode("utf-8"), entities
 

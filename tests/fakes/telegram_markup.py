@@ -35,14 +35,21 @@ class MarkupError(ValueError):
 
 
 def _check_url(url: Any) -> None:
-    if not isinstance(url, str) or not url.strip():
+    if not isinstance(url, str) or not url.strip() or any(ch.isspace() for ch in url):
         raise MarkupError("Bad Request: BUTTON_URL_INVALID")
-    parts = urlsplit(url if "://" in url else f"http://{url}")
-    if parts.scheme.lower() in ("http", "https"):
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    host_port = "." in scheme and parts.path[:1].isdigit()  # "example.com:8080/x"
+    if not scheme or host_port:
+        parts = urlsplit(f"http://{url}")  # "t.me/x": Telegram assumes http
+        scheme = "http"
+    elif "://" not in url and scheme not in ("tg", "ton"):
+        raise MarkupError("Bad Request: BUTTON_URL_INVALID")  # javascript:, mailto:
+    if scheme in ("http", "https"):
         host = parts.hostname or ""
-        if not host or " " in url or ("." not in host and host != "localhost"):
+        if "." not in host and host != "localhost":
             raise MarkupError("Bad Request: BUTTON_URL_INVALID")
-    elif parts.scheme.lower() not in ("tg", "ton"):
+    elif scheme not in ("tg", "ton"):
         raise MarkupError("Bad Request: BUTTON_URL_INVALID")
 
 
