@@ -47,7 +47,7 @@ def add_row(
 ) -> LedgerRow:
     """Insert one ledger row and move users.balance by its amount. A duplicate key raises."""
     cursor = conn.execute(_INSERT, (user_id, amount, kind.value, order_id, note, now, key))
-    if amount and kind is not LedgerKind.RELEASE:
+    if amount:
         conn.execute("UPDATE users SET balance = balance + ? WHERE id = ?", (amount, user_id))
     row_id = cursor.lastrowid
     assert row_id is not None

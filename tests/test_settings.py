@@ -1,0 +1,86 @@
+"""Settings: the names and defaults of CONTRACT.md, and `python -m bot` refusing bad ones."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from bot.settings import AccessMode, Settings, describe_errors
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _env_without_settings() -> dict[str, str]:
+    names = set(Settings.model_fields) | {name.upper() for name in Settings.model_fields}
+    return {k: v for k, v in os.environ.items() if k not in names}
+
+
+def run_bot(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bot"],
+        cwd=tmp_path,  # no .env there
+        env={**_env_without_settings(), "PYTHONPATH": str(ROOT), **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def test_defaults_match_the_contract(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in Settings.model_fields:
+        monkeypatch.delenv(name.upper(), raising=False)
+    settings = Settings(_env_file=None, bot_token="1:x", smsman_token="k")  # type: ignore[call-arg]
+    assert settings.telegram_api_url == "https://api.telegram.org"
+    assert settings.smsman_api_url == "https://api.sms-man.com/control"
+    assert settings.database_url == "sqlite:///data/bot.sqlite3"
+    assert settings.admin_ids == [] and settings.allowed_user_ids == []
+    assert settings.access_mode is AccessMode.PRIVATE
+    assert settings.currency == "RUB"
+    assert settings.markup_percent == 0 and settings.price_step == Decimal("0.01")
+    assert settings.max_active_orders == 5
+    assert settings.sms_poll_interval == 3 and settings.activation_timeout == 1200
+    assert settings.smsman_max_concurrency == 10 and settings.smsman_max_rps == 20
+    assert settings.smsman_timeout == 15 and settings.low_balance_alert == 0
+    assert settings.log_level == "INFO"
+
+
+def test_lists_of_ids_and_secret_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ADMIN_IDS", "1, 22,333")
+    monkeypatch.setenv("ALLOWED_USER_IDS", "")
+    settings = Settings(_env_file=None, bot_token="1:secret", smsman_token="k")  # type: ignore[call-arg]
+    assert settings.admin_ids == [1, 22, 333] and settings.allowed_user_ids == []
+    assert "secret" not in repr(settings) and "secret" not in str(settings.model_dump())
+
+
+def test_one_clear_line_per_problem() -> None:
+    with pytest.raises(ValidationError) as caught:
+        Settings(_env_file=None, bot_token="1:x", smsman_token="k", access_mode="open", currency="XYZ")  # type: ignore[call-arg]
+    lines = describe_errors(caught.value)
+    assert len(lines) == 2
+    assert any(line.startswith("ACCESS_MODE is invalid") for line in lines)
+    assert any(line.startswith("CURRENCY is invalid") for line in lines)
+
+
+def test_python_m_bot_without_token_exits_2_with_a_clear_line(tmp_path: Path) -> None:
+    result = run_bot(tmp_path, SMSMAN_TOKEN="k")
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "BOT_TOKEN is not set: copy .env.example to .env and fill it in"
+    )
+    assert "Traceback" not in result.stderr
+
+
+def test_python_m_bot_with_invalid_values_never_echoes_tokens(tmp_path: Path) -> None:
+    result = run_bot(
+        tmp_path, BOT_TOKEN="1:supersecret", SMSMAN_TOKEN="alsosecret", MAX_ACTIVE_ORDERS="lots"
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("MAX_ACTIVE_ORDERS is invalid")
+    assert "supersecret" not in result.stderr + result.stdout
+    assert "alsosecret" not in result.stderr + result.stdout
