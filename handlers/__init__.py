@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiogram import Router
 
 from bot.settings import Settings
-from handlers import admin, balance, buy, fallback, orders, start
+from handlers import admin, balance, buy, errors, fallback, orders, start
 
 
 def get_routers(settings: Settings) -> list[Router]:
@@ -17,4 +17,5 @@ def get_routers(settings: Settings) -> list[Router]:
         orders.router(),
         balance.router(),
         fallback.router(),
+        errors.router(),
     ]

@@ -3,9 +3,10 @@
 Every repository call is ONE hop to a connection's thread running a plain synchronous
 function, so a write transaction (BEGIN IMMEDIATE ... COMMIT) runs from start to end on that
 thread: its statements never interleave with another task's, and cancelling the awaiting
-task cannot leave it half-done (it still commits or rolls back as a whole; the caller just
-does not see the outcome). Writes are additionally serialised by an asyncio.Lock, and
-BEGIN IMMEDIATE plus a busy timeout make them safe against other processes on the same file.
+task cannot leave it half-done (it runs whole or not at all; once started it commits or rolls
+back, the cancelled caller just does not see the outcome). Writes are also serialised by an
+asyncio.Lock, and BEGIN IMMEDIATE plus a busy timeout keep them safe against other processes
+on the same file.
 Reads run on the second connection (WAL), so they never wait for writes.
 
 This is the aiosqlite model (a thread per connection) without its hop per statement:
@@ -39,11 +40,7 @@ def database_path(url_or_path: str | Path) -> Path:
     """`sqlite:///relative/path`, `sqlite:////absolute/path`, or a plain path."""
     if isinstance(url_or_path, Path):
         return url_or_path
-    text = (
-        url_or_path.removeprefix(_URL_PREFIX)
-        if url_or_path.startswith(_URL_PREFIX)
-        else (url_or_path)
-    )
+    text = url_or_path.removeprefix(_URL_PREFIX)
     if not text or text == ":memory:" or text.startswith("file:"):
         raise ValueError(f"need a database file path, got {url_or_path!r}")
     return Path(text)

@@ -31,13 +31,16 @@ async def smsman() -> AsyncIterator[FakeSmsMan]:
 
 
 @pytest.fixture
-async def telegram() -> AsyncIterator[FakeTelegram]:
+async def telegram(request: pytest.FixtureRequest) -> AsyncIterator[FakeTelegram]:
+    """The fake Bot API; after every test, no 4xx the bot caused by itself is allowed."""
     fake = FakeTelegram(token=BOT_TOKEN)
     await fake.start()
     try:
         yield fake
     finally:
         await fake.stop()
+    if request.node.get_closest_marker("telegram_errors_expected") is None:
+        assert fake.errors == [], f"the bot caused Telegram errors: {fake.errors}"
 
 
 def make_settings(

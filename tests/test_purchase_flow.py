@@ -207,3 +207,30 @@ async def test_provider_balance_tells_user_and_alerts_admins(
         orders = await app.db.orders.list_for_user(1)
         assert [o.status for o in orders] == [OrderStatus.FAILED]
     assert telegram.errors == []
+
+
+async def test_my_orders_lists_waiting_and_finished_and_brings_a_card_back(
+    telegram: FakeTelegram, smsman: FakeSmsMan, bot_settings: SettingsFactory
+) -> None:
+    async with running(bot_settings()) as app:
+        user = telegram.user(1)
+        await reach_confirm(user)
+        await user.click("Buy")
+        first = await user.wait_for("Number: +")
+        await user.click("Cancel", message_id=first.message_id)
+        await user.wait_for("cancelled")
+        await reach_confirm(user, country="India", service="WhatsApp")
+        await user.click("Buy")
+        await user.wait_for("Number: +", new_only=True)
+        waiting = next(o for o in await app.db.orders.list_for_user(1) if o.is_open)
+
+        await user.send("/orders")
+        listing = await user.wait_for("Waiting", new_only=True)
+        assert f"#{waiting.id}" in listing.text and "Recent" in listing.text
+        before = len(user.messages)
+        await user.click(f"#{waiting.id}", message_id=listing.message_id)
+        card = await user.wait_for(
+            predicate=lambda m: m.message_id > listing.message_id and "Number: +" in m.text
+        )
+        assert len(user.messages) == before + 1
+        assert "Cancel" in " ".join(_labels(card))
