@@ -97,7 +97,7 @@ async def test_last_of_150_countries_by_paging_and_by_typing(
             before = _labels(page)
             await user.click("›", message_id=page.message_id)
             page = await user.wait_for(
-                predicate=lambda m, before=before: m.message_id == page.message_id
+                predicate=lambda m, before=before, mid=page.message_id: m.message_id == mid
                 and _labels(m) != before
             )
         assert any("Zanzibar Last" in label for label in _labels(user.last))

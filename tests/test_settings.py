@@ -60,7 +60,9 @@ def test_lists_of_ids_and_secret_tokens(monkeypatch: pytest.MonkeyPatch) -> None
 
 def test_one_clear_line_per_problem() -> None:
     with pytest.raises(ValidationError) as caught:
-        Settings(_env_file=None, bot_token="1:x", smsman_token="k", access_mode="open", currency="XYZ")  # type: ignore[call-arg]
+        Settings(  # type: ignore[call-arg]
+            _env_file=None, bot_token="1:x", smsman_token="k", access_mode="open", currency="XYZ"
+        )
     lines = describe_errors(caught.value)
     assert len(lines) == 2
     assert any(line.startswith("ACCESS_MODE is invalid") for line in lines)

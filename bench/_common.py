@@ -1,0 +1,211 @@
+"""Shared bench helpers: the fakes with a realistic catalogue, settings, the bot in-process.
+
+    async with fakes(latency=0.1) as (telegram, smsman):
+        with tempfile.TemporaryDirectory() as folder:
+            settings = bench_settings(Path(folder), telegram, smsman, allowed_user_ids=[...])
+            async with running(settings) as app:
+                await wait_warm(app, smsman)
+                ...
+
+Everything (the fakes, the simulated users and the bot) runs on one event loop in one
+process, like the end-to-end tests: figures include the fakes' own CPU time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Sequence
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from babel import Locale
+
+from bot.app import App, build_app
+from bot.settings import Settings
+from tests.fakes.smsman import FakeSmsMan
+from tests.fakes.telegram import FakeTelegram
+
+BOT_TOKEN = "123456:BENCH-TOKEN-do-not-leak"
+SMSMAN_TOKEN = "smsman-bench-token-do-not-leak"
+
+# SMS-Man methods the menus read (through the catalogue cache, never per click when warm).
+CATALOGUE_METHODS = frozenset({"countries", "applications", "get-prices", "limits"})
+
+# ISO codes listed first by default (settings.popular_countries) always get a price list.
+_MUST_HAVE = ("RU", "UA", "KZ", "US", "GB", "ID", "PH", "IN", "BR", "VN")
+SERVICE_TITLES = (
+    "Telegram", "WhatsApp", "Apple", "Google", "Facebook", "Instagram", "Twitter", "TikTok",
+    "Viber", "WeChat", "Discord", "Microsoft", "Amazon", "Uber", "Yandex", "VK", "Mail.ru",
+    "OK.ru", "Avito", "Ozon", "Wildberries", "Steam", "Netflix", "Tinder", "Bumble", "Signal",
+    "LINE", "KakaoTalk", "Snapchat", "LinkedIn", "PayPal", "Airbnb", "Booking", "Alibaba",
+    "AliExpress", "Shopee", "Lazada", "Grab", "Gojek", "Tokopedia", "OLX", "Careem", "Bolt",
+    "Lyft", "DiDi", "Zoom", "Skype", "Yahoo", "Proton", "OpenAI", "Coinbase", "Binance",
+    "Bybit", "OKX", "KuCoin", "Revolut", "Wise", "Skrill", "Payoneer", "Qiwi", "Tinkoff",
+    "Sber", "Blizzard", "Epic Games", "EA", "Ubisoft", "Twitch", "Reddit", "Pinterest",
+    "Quora", "Badoo", "Hinge", "Happn", "Grindr", "imo", "Hily", "Weibo", "Baidu", "QQ",
+    "Zalo", "Truecaller", "Paytm", "PhonePe", "Swiggy", "Zomato", "Flipkart", "Myntra",
+    "Meesho", "Dream11", "Jio", "Foodpanda", "Deliveroo", "Glovo", "Wolt", "Just Eat",
+    "Rappi", "Mercado Libre", "iFood", "Nubank", "PicPay", "Kwai", "Likee", "Bigo Live",
+    "Tango & Co <beta>", "Other",
+)  # fmt: skip
+
+
+def quiet_logs(level: int = logging.WARNING) -> None:
+    """Keep the bot's INFO lines out of the figures."""
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(level)
+    for name in ("aiogram", "aiogram.event", "aiogram.dispatcher", "bot", "storage"):
+        logging.getLogger(name).setLevel(level)
+
+
+def _territories(count: int) -> list[tuple[str, str]]:
+    """`count` (ISO code, English name) pairs from CLDR, the popular ones included."""
+    names = Locale("en").territories
+    codes = sorted(
+        code
+        for code in names
+        if len(code) == 2 and code.isalpha() and code not in ("ZZ", "EU", "EZ", "UN", "QO")
+    )
+    rest = [code for code in codes if code not in _MUST_HAVE]
+    chosen = [*_MUST_HAVE, *rest][:count]
+    return [(code, str(names[code])) for code in chosen]
+
+
+def realistic_catalogue(
+    fake: FakeSmsMan,
+    *,
+    countries: int = 150,
+    services: int = 100,
+    density: float = 0.7,
+    seed: int = 1,
+) -> int:
+    """About SMS-Man's size: `countries` countries with ISO codes and CLDR names, `services`
+    applications, and a price for a `density` share of the pairs (some out of stock).
+    Returns the number of price entries."""
+    rng = random.Random(seed)
+    for index, (code, title) in enumerate(_territories(countries)):
+        fake.add_country(index + 1, title, code)
+    titles = list(SERVICE_TITLES)
+    while len(titles) < services:
+        titles.append(f"Service {len(titles) + 1}")
+    for index, title in enumerate(titles[:services]):
+        fake.add_application(index + 1, title, f"s{index + 1}")
+    entries = 0
+    for country_id in fake.countries:
+        popular = fake.countries[country_id][1] in _MUST_HAVE
+        for app_id in fake.applications:
+            if not popular and rng.random() > density:
+                continue
+            cost = Decimal(rng.randrange(150, 9_000)) / 100
+            count = 0 if rng.random() < 0.08 else rng.randrange(1, 20_000)
+            fake.set_price(country_id, app_id, cost, count)
+            entries += 1
+    return entries
+
+
+@contextlib.asynccontextmanager
+async def fakes(
+    *,
+    latency: float = 0.1,
+    countries: int = 150,
+    services: int = 100,
+    seed: int = 1,
+) -> AsyncIterator[tuple[FakeTelegram, FakeSmsMan]]:
+    """FakeTelegram and FakeSmsMan (realistic catalogue, `latency` s per call) on 127.0.0.1."""
+    telegram = FakeTelegram(token=BOT_TOKEN)
+    smsman = FakeSmsMan(token=SMSMAN_TOKEN, seed=seed)
+    realistic_catalogue(smsman, countries=countries, services=services, seed=seed)
+    smsman.latency = latency
+    await telegram.start()
+    await smsman.start()
+    try:
+        yield telegram, smsman
+    finally:
+        await smsman.stop()
+        await telegram.stop()
+
+
+def bench_settings(
+    folder: Path, telegram: FakeTelegram, smsman: FakeSmsMan, **overrides: Any
+) -> Settings:
+    """Settings pointing at the fakes, with a fresh database in `folder`."""
+    values: dict[str, Any] = {
+        "bot_token": BOT_TOKEN,
+        "smsman_token": SMSMAN_TOKEN,
+        "telegram_api_url": telegram.url,
+        "smsman_api_url": smsman.url,
+        "database_url": f"sqlite:///{folder / 'bench.sqlite3'}",
+        "smsman_timeout": 5.0,
+        "admin_ids": [999_999],
+        "log_level": "WARNING",
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+@contextlib.asynccontextmanager
+async def running(settings: Settings) -> AsyncIterator[App]:
+    """The bot in this process, long polling the fake Telegram, until the block ends
+    (the same as tests/conftest.py `running`)."""
+    app = await build_app(settings)
+    task = asyncio.create_task(
+        app.dp.start_polling(
+            app.bot, handle_signals=False, close_bot_session=False, polling_timeout=1
+        )
+    )
+    try:
+        for _ in range(500):  # wait until startup is done and polling began
+            if app.dp._running_lock.locked() and app.poller._main is not None:
+                break
+            if task.done():
+                task.result()  # startup failed: raise its error
+            await asyncio.sleep(0.01)
+        else:
+            raise RuntimeError("the bot did not start polling within 5 s")
+        yield app
+    finally:
+        with contextlib.suppress(RuntimeError):
+            await app.dp.stop_polling()
+        await asyncio.wait_for(task, 10)
+        await app.close()
+
+
+async def wait_warm(smsman: FakeSmsMan, timeout: float = 30.0) -> float:
+    """Wait until the startup warm-up has read the whole catalogue (countries, applications,
+    unfiltered get-prices) and no SMS-Man call is in flight; returns the seconds waited."""
+    started = time.monotonic()
+    deadline = started + timeout
+    needed = ("countries", "applications", "get-prices")
+    while True:
+        done = all(smsman.calls_to(method) for method in needed)
+        idle = sum(smsman.in_flight.values()) == 0
+        if done and idle:
+            await asyncio.sleep(0.05)  # let the bot parse and store the last answer
+            if sum(smsman.in_flight.values()) == 0:
+                return time.monotonic() - started
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"catalogue not warm after {timeout}s: {smsman.calls}")
+        await asyncio.sleep(0.02)
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    """The p-th percentile (nearest rank) of `values`; NaN when empty."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(p / 100 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+def latency_line(label: str, values_ms: Sequence[float]) -> str:
+    """`label  n  p50  p95  p99  max` in milliseconds."""
+    return (
+        f"{label:<24} n={len(values_ms):>5}  p50={percentile(values_ms, 50):7.1f}  "
+        f"p95={percentile(values_ms, 95):7.1f}  p99={percentile(values_ms, 99):7.1f}  "
+        f"max={max(values_ms, default=float('nan')):7.1f} ms"
+    )
