@@ -27,6 +27,7 @@ from bot.services.users import UserService
 from bot.settings import Settings
 from bot.smsman.client import SmsManClient
 from bot.ui.i18n import make_i18n
+from bot.ui.menus import Menus
 from handlers import get_routers
 from handlers.middlewares import InFlight, setup_middlewares
 from storage.db import Database
@@ -164,5 +165,6 @@ async def build_app(settings: Settings) -> App:
         admin=admin,
         users=users,
         i18n=i18n,
+        menus=Menus(catalogue, pricing, settings),
     )
     return app
