@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint typecheck bench locales clean
+.PHONY: install run test lint typecheck bench locales locales-update clean
 
 install: $(STAMP) locales
 
@@ -16,15 +16,33 @@ $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# Catalogues are compiled here, never committed as binaries.
+# Catalogues are compiled here, never committed as binaries. A fuzzy entry (a guess left
+# by locales-update) is not compiled: it shows in English until a translator confirms it,
+# and tests/test_i18n.py fails on it. A catalogue that fails to compile stops the install.
 locales: $(STAMP)
 	@for po in locales/*/LC_MESSAGES/*.po; do \
 		[ -e "$$po" ] || continue; \
 		mo="$${po%.po}.mo"; \
 		if [ ! -e "$$mo" ] || [ "$$po" -nt "$$mo" ]; then \
-			$(BIN)/pybabel compile --use-fuzzy -i "$$po" -o "$$mo" >/dev/null || exit 1; \
+			rm -f "$$mo.tmp"; \
+			$(BIN)/pybabel -q compile -i "$$po" -o "$$mo.tmp" || { rm -f "$$mo.tmp"; exit 1; }; \
+			[ -e "$$mo.tmp" ] || { echo "$$po was not compiled (fuzzy header?)" >&2; exit 1; }; \
+			mv "$$mo.tmp" "$$mo"; \
 		fi; \
 	done
+
+# After adding or changing a _()/gettext/ngettext/__ call anywhere in bot/ or handlers/:
+# extract every message into the template, merge it into each catalogue, then translate
+# what is new or fuzzy in locales/*/LC_MESSAGES/messages.po.
+BABEL_KEYWORDS := -k __ -k lazy_gettext -k lazy_ngettext:1,2
+POT := locales/messages.pot
+
+locales-update: $(STAMP)
+	$(BIN)/pybabel extract -F babel.cfg $(BABEL_KEYWORDS) --add-location=file --sort-by-file \
+		--add-comments=Translators: --project=smsman-bot -o $(POT) .
+	$(BIN)/pybabel update -i $(POT) -d locales -D messages --previous --ignore-obsolete \
+		--ignore-pot-creation-date
+	@$(MAKE) --no-print-directory locales
 
 run: install
 	$(BIN)/python -m bot

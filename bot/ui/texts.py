@@ -125,12 +125,15 @@ def phone(number: str | None) -> str:
     return f"<code>+{e(digits)}</code>"
 
 
-def order_card(order: Order, codes: Sequence[Code], now: float | None = None) -> str:
+def order_card(
+    order: Order, codes: Sequence[Code], now: float | None = None, *, country: str | None = None
+) -> str:
+    """`country`: the name in the reader's language (CLDR); else the provider's title."""
     now = time.time() if now is None else now
     lines = [
         _("<b>Order #{id}</b>").format(id=order.id),
         _("Number: {number}").format(number=phone(order.number)),
-        _("Country: {country}").format(country=e(order.country_title)),
+        _("Country: {country}").format(country=e(country or order.country_title)),
         _("Service: {service}").format(service=e(order.service_title)),
         _("Price: {price}").format(price=format_money(order.price or order.cost, order.currency)),
         _("Status: {status}").format(status=status_label(order.status)),
@@ -138,9 +141,10 @@ def order_card(order: Order, codes: Sequence[Code], now: float | None = None) ->
     if order.status is OrderStatus.WAITING and order.expires_at is not None:
         lines.append(_("Time left: {left}").format(left=minutes_left(order.expires_at - now)))
     if codes:
-        lines.append(
-            _("Codes: {codes}").format(codes=", ".join(f"<code>{e(c.code)}</code>" for c in codes))
-        )
+        shown = ", ".join(f"<code>{e(c.code)}</code>" for c in codes)
+        # Not ngettext: a label, not a count (Russian plural rules would say "Код" for 21).
+        label = _("Code: {codes}") if len(codes) == 1 else _("Codes: {codes}")
+        lines.append(label.format(codes=shown))
     if order.status is OrderStatus.WAITING:
         lines.append(_("The code will appear here as soon as it arrives."))
     return "\n".join(lines)
