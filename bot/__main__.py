@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from bot.logs import setup_logging
 from bot.settings import Settings, describe_errors
+from bot.ui.i18n import CataloguesNotCompiled, check_compiled
 
 
 def load_settings() -> Settings | None:
@@ -34,6 +35,11 @@ async def serve(settings: Settings) -> None:
 def main() -> int:
     settings = load_settings()
     if settings is None:
+        return 2
+    try:
+        check_compiled()
+    except CataloguesNotCompiled as exc:
+        print(exc, file=sys.stderr)
         return 2
     setup_logging(settings.log_level, secrets=[settings.bot_token, settings.smsman_token])
     try:
