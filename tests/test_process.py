@@ -1,0 +1,25 @@
+"""`python -m bot` as a real process against both fakes: it answers, and stops cleanly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.botproc import BotProcess
+from tests.fakes.smsman import FakeSmsMan
+from tests.fakes.telegram import FakeTelegram
+
+
+async def test_process_answers_start_and_stops_cleanly_on_sigterm(
+    telegram: FakeTelegram, smsman: FakeSmsMan, tmp_path: Path
+) -> None:
+    bot = BotProcess.for_fakes(telegram, smsman, tmp_path, log_level="DEBUG")
+    await bot.start()
+    user = telegram.user(1)
+    await user.send("/start")
+    menu = await user.wait_for(predicate=lambda m: any("Buy" in label for label in m.labels))
+    assert "Hi" in menu.text
+    assert await bot.terminate() == 0
+    log = bot.log_text()
+    assert "stopped cleanly" in log
+    assert telegram.token not in log and smsman.token not in log
+    assert telegram.token.split(":")[1] not in log
