@@ -31,6 +31,8 @@ async def on_error(event: ErrorEvent) -> bool:
         type(event.exception).__name__,
         exc_info=event.exception,
     )
+    if isinstance(event.exception, TelegramAPIError):
+        return True  # Telegram itself refused: answering through it again would not help
     try:
         if update.callback_query is not None:
             await update.callback_query.answer(texts.plain_short(texts.try_again_later()))

@@ -148,6 +148,7 @@ class FakeSmsMan:
 
         # observation
         self.calls: list[Call] = []
+        self.handed_out: set[tuple[int, str]] = set()  # (request_id, code) get-sms answered
         self._calls_by_method: dict[str, list[Call]] = defaultdict(list)
         self.in_flight: Counter[str] = Counter()
         self.peak_in_flight: Counter[str] = Counter()
@@ -566,6 +567,7 @@ class FakeSmsMan:
         }
         if request.status == "received":
             body["sms_code"] = request.codes[-1]
+            self.handed_out.add((request.request_id, request.codes[-1]))
             return body
         return _error("wait_sms", "Still waiting...", **body)
 
