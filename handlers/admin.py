@@ -1,4 +1,7 @@
-"""Admin commands; for anyone outside ADMIN_IDS they do not exist."""
+"""Admin commands; for anyone outside ADMIN_IDS they do not exist.
+
+Thin: the command's arguments go to AdminService, its reply goes back.
+"""
 
 from __future__ import annotations
 
@@ -18,9 +21,51 @@ def router(settings: Settings) -> Router:
         lambda message: message.from_user is not None and message.from_user.id in admins
     )
     r.message.register(on_credit, Command("credit"))
+    r.message.register(on_debit, Command("debit"))
+    r.message.register(on_user, Command("user"))
+    r.message.register(on_stats, Command("stats"))
+    r.message.register(on_ban, Command("ban"))
+    r.message.register(on_unban, Command("unban"))
+    r.message.register(on_markup, Command("markup"))
     return r
 
 
 async def on_credit(message: Message, command: CommandObject, admin: AdminService) -> None:
     """/credit USER_ID AMOUNT [note]: top up a wallet."""
-    await message.answer(await admin.credit_command(command.args or "", message.message_id))
+    reply = await admin.credit_command(
+        command.args or "", chat_id=message.chat.id, message_id=message.message_id
+    )
+    await message.answer(reply)
+
+
+async def on_debit(message: Message, command: CommandObject, admin: AdminService) -> None:
+    """/debit USER_ID AMOUNT [note]: take from a wallet."""
+    reply = await admin.debit_command(
+        command.args or "", chat_id=message.chat.id, message_id=message.message_id
+    )
+    await message.answer(reply)
+
+
+async def on_user(message: Message, command: CommandObject, admin: AdminService) -> None:
+    """/user USER_ID: wallet, orders, the last ledger rows."""
+    await message.answer(await admin.user_command(command.args or ""))
+
+
+async def on_stats(message: Message, admin: AdminService) -> None:
+    """/stats: orders, codes, refunds, revenue, margin, the SMS-Man balance."""
+    await message.answer(await admin.stats_command())
+
+
+async def on_ban(message: Message, command: CommandObject, admin: AdminService) -> None:
+    """/ban USER_ID."""
+    await message.answer(await admin.ban_command(command.args or "", banned=True))
+
+
+async def on_unban(message: Message, command: CommandObject, admin: AdminService) -> None:
+    """/unban USER_ID."""
+    await message.answer(await admin.ban_command(command.args or "", banned=False))
+
+
+async def on_markup(message: Message, command: CommandObject, admin: AdminService) -> None:
+    """/markup PERCENT | reset, or alone to show it."""
+    await message.answer(await admin.markup_command(command.args or ""))

@@ -42,7 +42,10 @@ class InFlight(BaseMiddleware):
 
     async def wait(self, timeout: float) -> None:
         try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for may swallow a cancellation
+            # that arrives just as the wait ends.
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
         except TimeoutError:
             log.warning("%s updates still running at shutdown", self._count)
 

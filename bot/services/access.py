@@ -27,7 +27,12 @@ class Access:
     def is_admin(self, user_id: int) -> bool:
         return user_id in self._admins
 
+    def is_listed(self, user_id: int) -> bool:
+        """In ADMIN_IDS or ALLOWED_USER_IDS (who may use the bot in private mode)."""
+        return user_id in self._allowed
+
     def verdict(self, user_id: int, user: User | None) -> Verdict:
+        """Admins always pass; in private mode only the listed; a ban refuses anyone else."""
         if self.is_admin(user_id):
             return Verdict.ALLOWED
         if not self._settings.is_shop and user_id not in self._allowed:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 from decimal import Decimal, InvalidOperation
 
-from bot.services.money import shop_price
+from bot.services.money import shop_price, valid_percent
 from bot.settings import Settings
 from storage.db import Database
 
+log = logging.getLogger(__name__)
+
 MARKUP_KEY = "markup_percent"
-MAX_MARKUP = Decimal(1000)
 
 
 class Pricing:
@@ -17,19 +19,36 @@ class Pricing:
         self._settings = settings
         self._db = db
         self.markup: Decimal = settings.markup_percent
+        self.overridden = False  # True while a /markup stored in the database applies
 
     async def load(self) -> None:
         """A /markup set by an admin outlives restarts and overrides the setting."""
         stored = await self._db.kv.get(MARKUP_KEY)
-        if stored is not None:
-            try:
-                self.markup = Decimal(stored)
-            except InvalidOperation:
-                self.markup = self._settings.markup_percent
+        if stored is None:
+            return
+        try:
+            value = Decimal(stored)
+        except InvalidOperation:
+            value = Decimal("NaN")
+        if valid_percent(value):
+            self.markup = value
+            self.overridden = True
+        else:
+            log.warning("ignoring the stored markup %r: not a percent 0..1000", stored)
 
     async def set_markup(self, percent: Decimal) -> None:
+        """Store an admin's markup; ValueError unless 0..1000 with at most two decimals."""
+        if not valid_percent(percent):
+            raise ValueError(f"markup must be 0..1000 with at most two decimals, got {percent}")
         await self._db.kv.set(MARKUP_KEY, str(percent))
         self.markup = percent
+        self.overridden = True
+
+    async def reset_markup(self) -> None:
+        """Forget the stored markup: MARKUP_PERCENT applies again."""
+        await self._db.kv.delete(MARKUP_KEY)
+        self.markup = self._settings.markup_percent
+        self.overridden = False
 
     def price(self, cost: int) -> int:
         if not self._settings.is_shop:
