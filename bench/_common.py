@@ -2,33 +2,39 @@
 
     async with fakes(latency=0.1) as (telegram, smsman):
         with tempfile.TemporaryDirectory() as folder:
-            settings = bench_settings(Path(folder), telegram, smsman, allowed_user_ids=[...])
+            settings = bench_settings(Path(folder), telegram.url, smsman.url, allowed_user_ids=[1])
             async with running(settings) as app:
-                await wait_warm(app, smsman)
+                await wait_warm(smsman)
                 ...
 
-Everything (the fakes, the simulated users and the bot) runs on one event loop in one
-process, like the end-to-end tests: figures include the fakes' own CPU time.
+That runs everything on one event loop, like the end-to-end tests, so figures include the
+fakes' CPU time and garbage; bench/menu.py can also keep the fakes in a child process.
+The bot (aiogram) is imported lazily, so a process that only serves the fakes stays light.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
+import math
 import random
 import time
 from collections.abc import AsyncIterator, Sequence
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self
 
 from babel import Locale
 
-from bot.app import App, build_app
-from bot.settings import Settings
 from tests.fakes.smsman import FakeSmsMan
 from tests.fakes.telegram import FakeTelegram
+
+if TYPE_CHECKING:
+    from bot.app import App
+    from bot.settings import Settings
 
 BOT_TOKEN = "123456:BENCH-TOKEN-do-not-leak"
 SMSMAN_TOKEN = "smsman-bench-token-do-not-leak"
@@ -65,7 +71,7 @@ def quiet_logs(level: int = logging.WARNING) -> None:
 
 def _territories(count: int) -> list[tuple[str, str]]:
     """`count` (ISO code, English name) pairs from CLDR, the popular ones included."""
-    names = Locale("en").territories
+    names = {str(code): str(name) for code, name in Locale("en").territories.items()}
     codes = sorted(
         code
         for code in names
@@ -73,7 +79,7 @@ def _territories(count: int) -> list[tuple[str, str]]:
     )
     rest = [code for code in codes if code not in _MUST_HAVE]
     chosen = [*_MUST_HAVE, *rest][:count]
-    return [(code, str(names[code])) for code in chosen]
+    return [(code, names[code]) for code in chosen]
 
 
 def realistic_catalogue(
@@ -130,15 +136,16 @@ async def fakes(
         await telegram.stop()
 
 
-def bench_settings(
-    folder: Path, telegram: FakeTelegram, smsman: FakeSmsMan, **overrides: Any
-) -> Settings:
-    """Settings pointing at the fakes, with a fresh database in `folder`."""
+def bench_settings(folder: Path, telegram_url: str, smsman_url: str, **overrides: Any) -> Settings:
+    """Settings pointing at the fakes (`telegram.url`, `smsman.url`), a fresh database in
+    `folder`."""
+    from bot.settings import Settings
+
     values: dict[str, Any] = {
         "bot_token": BOT_TOKEN,
         "smsman_token": SMSMAN_TOKEN,
-        "telegram_api_url": telegram.url,
-        "smsman_api_url": smsman.url,
+        "telegram_api_url": telegram_url,
+        "smsman_api_url": smsman_url,
         "database_url": f"sqlite:///{folder / 'bench.sqlite3'}",
         "smsman_timeout": 5.0,
         "admin_ids": [999_999],
@@ -152,6 +159,8 @@ def bench_settings(
 async def running(settings: Settings) -> AsyncIterator[App]:
     """The bot in this process, long polling the fake Telegram, until the block ends
     (the same as tests/conftest.py `running`)."""
+    from bot.app import build_app
+
     app = await build_app(settings)
     task = asyncio.create_task(
         app.dp.start_polling(
@@ -198,14 +207,113 @@ def percentile(values: Sequence[float], p: float) -> float:
     if not values:
         return float("nan")
     ordered = sorted(values)
-    rank = max(1, min(len(ordered), round(p / 100 * len(ordered) + 0.5)))
+    rank = max(1, min(len(ordered), math.ceil(p / 100 * len(ordered))))
     return ordered[rank - 1]
 
 
 def latency_line(label: str, values_ms: Sequence[float]) -> str:
     """`label  n  p50  p95  p99  max` in milliseconds."""
     return (
-        f"{label:<24} n={len(values_ms):>5}  p50={percentile(values_ms, 50):7.1f}  "
+        f"{label:<26} n={len(values_ms):>5}  p50={percentile(values_ms, 50):7.1f}  "
         f"p95={percentile(values_ms, 95):7.1f}  p99={percentile(values_ms, 99):7.1f}  "
         f"max={max(values_ms, default=float('nan')):7.1f} ms"
     )
+
+
+class GcWatch:
+    """Times the garbage collector's pauses (they stop the event loop) while active."""
+
+    def __init__(self) -> None:
+        self.pauses: dict[int, list[float]] = {0: [], 1: [], 2: []}
+        self._started = 0.0
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.pauses[info["generation"]].append(time.perf_counter() - self._started)
+
+    def __enter__(self) -> Self:
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        gc.callbacks.remove(self._callback)
+
+    def summary(self) -> str:
+        parts = []
+        for generation, pauses in self.pauses.items():
+            if pauses:
+                parts.append(
+                    f"gen{generation}: {len(pauses)} x, max {max(pauses) * 1000:.1f} ms, "
+                    f"total {sum(pauses) * 1000:.0f} ms"
+                )
+        return "; ".join(parts) or "none"
+
+
+def pin_aiogram_responses() -> int:
+    """Keep aiogram's parametrised `Response[T]` models alive for the whole process.
+
+    aiogram builds `Response[method.__returning__]` on every API answer (check_response);
+    pydantic 2.13 caches parametrised generics only in a WeakValueDictionary, so each time
+    the cyclic GC frees one, the next answer rebuilds it (~1-3 ms of CPU for Message).
+    A strong reference per return type (41 types, ~40 ms once) stops that. The bot should
+    do this at start (proposed for bot/app.py); here it is the bench's `--pin-responses`.
+    Returns the number of types pinned.
+    """
+    from aiogram import methods
+    from aiogram.methods.base import Response, TelegramMethod
+
+    for name in methods.__all__:
+        method = getattr(methods, name)
+        if (
+            isinstance(method, type)
+            and issubclass(method, TelegramMethod)
+            and method is not TelegramMethod
+        ):
+            returning = method.__returning__
+            _PINNED.setdefault(repr(returning), Response[returning])  # type: ignore[valid-type]
+    return len(_PINNED)
+
+
+_PINNED: dict[str, object] = {}
+
+
+class LoopLag:
+    """Samples how late the event loop wakes a task that sleeps `interval` s: a stall of the
+    loop (a long synchronous step, a GC pause, or no CPU because other processes ran)."""
+
+    def __init__(self, interval: float = 0.01) -> None:
+        self.interval = interval
+        self.lags: list[float] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            before = loop.time()
+            await asyncio.sleep(self.interval)
+            self.lags.append(loop.time() - before - self.interval)
+
+    def start(self) -> None:
+        self.lags.clear()
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+    def summary(self) -> str:
+        if not self.lags:
+            return "not sampled"
+        over = sum(1 for lag in self.lags if lag > 0.02)
+        return (
+            f"p99 {percentile(self.lags, 99) * 1000:.1f} ms, max {max(self.lags) * 1000:.1f} ms, "
+            f"{over} stalls > 20 ms"
+        )

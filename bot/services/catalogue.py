@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any, TypeVar
 
 from babel import Locale, UnknownLocaleError
 
@@ -16,6 +17,8 @@ from bot.smsman.types import Application, Country, Price
 
 CATALOGUE_TTL = 3600.0
 PRICES_TTL = 180.0
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,8 +82,26 @@ class CatalogueService:
             self._load_applications, CATALOGUE_TTL, "applications"
         )
         self._all_prices: Cached[list[Price]] = Cached(client.prices, PRICES_TTL, "prices")
-        self._prices: dict[int, Cached[list[Price]]] = {}
+        self._prices: dict[int, Cached[list[Price]]] = {}  # only while _all_prices is cold
         self._sales_rank: dict[int, int] = {}
+        # Menus derived from the cached values, recomputed only when one of those changes:
+        # key -> (the source values it was computed from, the result).
+        self._memo: dict[Hashable, tuple[tuple[object, ...], Any]] = {}
+
+    def _derived(self, key: Hashable, sources: tuple[object, ...], compute: Callable[[], T]) -> T:
+        """`compute()`, or its last result if it came from the very same source objects.
+
+        A navigation click would otherwise walk every price of every country (~10k entries,
+        ~6-12 ms of CPU, see bench/menu.py). A refreshed cache holds a new object, so a
+        result never outlives the data it came from, and one entry per key keeps at most
+        one old copy of the data alive.
+        """
+        hit = self._memo.get(key)
+        if hit is not None and all(old is new for old, new in zip(hit[0], sources, strict=True)):
+            return hit[1]  # type: ignore[no-any-return]
+        value = compute()
+        self._memo[key] = (sources, value)
+        return value
 
     async def _load_applications(self) -> dict[int, Application]:
         return {app.id: app for app in await self._client.applications()}
@@ -99,9 +120,13 @@ class CatalogueService:
         """Countries with stock, popular first, then alphabetical."""
         countries = await self._countries.get()
         try:
-            prices = await self._all_prices.get()
+            prices: list[Price] | None = await self._all_prices.get()
         except Exception:
             prices = None  # titles alone still let the user navigate
+        sources = (countries, prices, self._sales_rank)
+        return list(self._derived("countries", sources, lambda: self._sorted(countries, prices)))
+
+    def _sorted(self, countries: list[Country], prices: list[Price] | None) -> list[CountryItem]:
         cheapest: dict[int, int] = {}
         stock: dict[int, int] = {}
         for price in prices or ():
@@ -134,8 +159,27 @@ class CatalogueService:
                 return CountryItem(item.id, item.title, item.code, None, None)
         return None
 
+    def title_of(self, country_id: int, locale: str) -> str | None:
+        """The country's name in `locale`, from the cached list only (never waits)."""
+        for item in self._countries.value or ():
+            if item.id == country_id:
+                return territory_name(item.code, locale) or item.title
+        return None
+
     async def services(self, country_id: int) -> list[ServiceItem]:
-        """Services on sale in the country, with price and stock, alphabetical."""
+        """Services on sale in the country, with price and stock, alphabetical.
+
+        From the unfiltered price list that `warm()` loads and `countries()` reads anyway,
+        so picking a country never waits on SMS-Man once that list is there; only while it
+        is missing (its load failed) is the one country's list fetched and cached.
+        """
+        if self._all_prices.value is not None:
+            everything = await self._all_prices.get()  # a copy exists: never waits
+            applications = await self._applications.get()
+            index = self._derived(
+                "services", (everything, applications), lambda: _Services(everything, applications)
+            )
+            return list(index.of(country_id))
         cached = self._prices.get(country_id)
         if cached is None:
             cached = Cached(
@@ -143,18 +187,7 @@ class CatalogueService:
             )
             self._prices[country_id] = cached
         prices, applications = await asyncio.gather(cached.get(), self._applications.get())
-        items = [
-            ServiceItem(
-                price.application_id,
-                _app_title(applications, price.application_id),
-                to_minor(price.cost),
-                price.count,
-            )
-            for price in prices
-            if price.count > 0
-        ]
-        items.sort(key=lambda item: item.title.casefold())
-        return items
+        return _service_items(prices, applications)
 
     async def offer(self, country_id: int, service_id: int) -> Offer | None:
         country = await self.country(country_id)
@@ -174,6 +207,40 @@ class CatalogueService:
         ]
         for cache in caches:
             await cache.close()
+
+
+class _Services:
+    """The services of every country from one unfiltered price list, each country's list
+    built the first time it is asked for."""
+
+    def __init__(self, prices: list[Price], applications: dict[int, Application]) -> None:
+        self._applications = applications
+        self._prices: dict[int, list[Price]] = {}
+        for price in prices:
+            self._prices.setdefault(price.country_id, []).append(price)
+        self._items: dict[int, list[ServiceItem]] = {}
+
+    def of(self, country_id: int) -> list[ServiceItem]:
+        items = self._items.get(country_id)
+        if items is None:
+            items = _service_items(self._prices.get(country_id, []), self._applications)
+            self._items[country_id] = items
+        return items
+
+
+def _service_items(prices: list[Price], applications: dict[int, Application]) -> list[ServiceItem]:
+    items = [
+        ServiceItem(
+            price.application_id,
+            _app_title(applications, price.application_id),
+            to_minor(price.cost),
+            price.count,
+        )
+        for price in prices
+        if price.count > 0
+    ]
+    items.sort(key=lambda item: item.title.casefold())
+    return items
 
 
 def _app_title(applications: dict[int, Application], app_id: int) -> str:

@@ -1,0 +1,1 @@
+"""Scripts that print figures (run as `.venv/bin/python bench/<name>.py`)."""
