@@ -16,6 +16,7 @@ from aiogram.enums import ParseMode
 from aiogram.fsm.storage.memory import MemoryStorage
 from aiogram.utils.i18n import I18n
 
+from bot.flood import RetryAfter
 from bot.notify import Notifier
 from bot.poller import Poller
 from bot.services.access import Access
@@ -88,6 +89,7 @@ class App:
 async def build_app(settings: Settings) -> App:
     i18n = make_i18n()
     session = AiohttpSession(api=TelegramAPIServer.from_base(settings.telegram_api_url))
+    session.middleware(RetryAfter())
     bot = Bot(
         token=settings.bot_token.get_secret_value(),
         session=session,
@@ -130,10 +132,10 @@ async def build_app(settings: Settings) -> App:
         alert_admins=admin.alert,
     )
     poller = Poller(
-        db=db,
         orders=orders,
         interval=settings.sms_poll_interval,
         concurrency=settings.smsman_max_concurrency,
+        max_rps=settings.smsman_max_rps,
     )
     dp = Dispatcher(storage=MemoryStorage())
     in_flight = InFlight()

@@ -10,6 +10,7 @@ from enum import StrEnum
 
 from aiogram import Bot
 from aiogram.exceptions import (
+    TelegramAPIError,
     TelegramBadRequest,
     TelegramForbiddenError,
     TelegramNetworkError,
@@ -50,11 +51,16 @@ class Notifier:
         *,
         attempts: int = 5,
         max_retry_after: float = 60.0,
+        backoff: float = 0.5,
     ) -> None:
+        """429: wait `retry_after` and try again, `attempts` calls in all, and give up at
+        once (UNAVAILABLE) when Telegram asks for more than `max_retry_after` seconds.
+        Network errors and 5xx: `attempts` calls with exponential waits from `backoff`."""
         self._bot = bot
         self._on_blocked = on_blocked
         self._attempts = attempts
         self._max_retry_after = max_retry_after
+        self._backoff = backoff
 
     async def send(
         self, chat_id: int, text: str, markup: InlineKeyboardMarkup | None = None
@@ -107,5 +113,8 @@ class Notifier:
                 if attempt == self._attempts:
                     log.warning("%s to chat %s failed: %s", what, chat_id, type(exc).__name__)
                     return Result(Outcome.UNAVAILABLE)
-                await asyncio.sleep(min(0.5 * 2**attempt, 10.0))
+                await asyncio.sleep(min(self._backoff * 2 ** (attempt - 1), 10.0))
+            except TelegramAPIError as exc:  # 401, 404, 409, 413...: retrying would not help
+                log.error("%s to chat %s refused: %s", what, chat_id, exc.message)
+                return Result(Outcome.REJECTED)
         return Result(Outcome.UNAVAILABLE)  # pragma: no cover - the loop always returns

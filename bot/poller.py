@@ -1,25 +1,62 @@
-"""One supervisor task: when to poll which order, deadlines, backoff, the circuit breaker."""
+"""One supervisor task: when to poll which order, deadlines, backoff, the circuit breaker.
+
+Every open order has one entry here, keyed in a heap by the time it is next due. The
+supervisor takes a slot (at most `concurrency` steps at once), then the earliest-due entry
+that is not already being worked on, and runs one `OrderService.step` for it in its own
+task. Nothing is read from the database to decide what is due: the database is read once
+per step, by the step, under the order's lock.
+
+- Polls keep a fixed rate: the next poll is due `interval` after the previous one was due
+  (not after it ended), so N waiting orders cost N / interval get-sms per second. When the
+  SMS-Man cap (SMSMAN_MAX_CONCURRENCY, SMSMAN_MAX_RPS, both enforced by the client's
+  CallGate) binds, steps start late; the earliest-due go first, so every order's latency
+  grows alike, and a warning says so (at most once a minute).
+- An order past its deadline is rejected (no code) or closed (a code came) by its step.
+- ProviderUnavailable backs that order off (exponential, capped, never past its deadline);
+  five in a row across orders open the circuit breaker, which pauses every step, then lets
+  one probe through and resumes on its success (or pauses twice as long, capped).
+- Any other exception is logged and the order is retried after a backoff: the loop goes on.
+- The card's countdown is edited at most once a minute per order, and only when the
+  minutes shown would change.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import logging
+import math
 import random
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
 
-from bot.services.orders import OrderService, PollOutcome
-from bot.smsman.errors import ProviderUnavailable
-from storage.db import Database
+from bot.services.orders import OrderService, PollOutcome, StepResult
+from bot.smsman.errors import ProviderUnavailable, SmsManError
 from storage.models import Order, OrderStatus
 
 log = logging.getLogger(__name__)
 
-COUNTDOWN_EVERY = 60.0
-MAX_BACKOFF = 60.0
+COUNTDOWN_EVERY = 60.0  # seconds between two countdown edits of one card, at least
+MAX_BACKOFF = 60.0  # seconds: the longest an order waits after a failure
 BREAKER_THRESHOLD = 5  # provider failures in a row that open the breaker
+BREAKER_FIRST_PAUSE = 2.0
 BREAKER_MAX_PAUSE = 30.0
+CAP_WARNING_EVERY = 60.0
+STOP_GRACE = 5.0
+
+
+def minutes_shown(seconds_left: float) -> int:
+    """What the card's "time left" shows (texts.minutes_left rounds the same way)."""
+    return max(0, int(seconds_left + 59) // 60)
+
+
+class Breaker(Enum):
+    CLOSED = "closed"
+    OPEN = "open"
+    PROBING = "probing"
 
 
 class CircuitBreaker:
@@ -28,210 +65,342 @@ class CircuitBreaker:
     def __init__(self, clock: Callable[[], float]) -> None:
         self._clock = clock
         self._failures = 0
+        self._state = Breaker.CLOSED
         self._open_until = 0.0
-        self._pause = 2.0
+        self._pause = BREAKER_FIRST_PAUSE
+        self.opened = 0  # times it opened (observability, tests)
 
     @property
-    def is_open(self) -> bool:
-        return self._clock() < self._open_until
+    def state(self) -> Breaker:
+        return self._state
 
-    @property
-    def reopens_at(self) -> float:
-        return self._open_until
+    def allow(self) -> bool:
+        """May a step start now? While open, the first call after the pause is the probe."""
+        if self._state is Breaker.CLOSED:
+            return True
+        if self._state is Breaker.OPEN and self._clock() >= self._open_until:
+            self._state = Breaker.PROBING
+            log.info("probing SMS-Man")
+            return True
+        return False
+
+    def wait_time(self) -> float | None:
+        """Seconds until `allow` may say yes; None: only after the probe's answer."""
+        if self._state is Breaker.OPEN:
+            return max(0.0, self._open_until - self._clock())
+        return None if self._state is Breaker.PROBING else 0.0
 
     def success(self) -> None:
-        if self._failures >= BREAKER_THRESHOLD:
-            log.info("SMS-Man answers again: polling resumes")
+        if self._state is not Breaker.CLOSED:
+            log.warning("SMS-Man answers again: polling resumes")
+        self._state = Breaker.CLOSED
         self._failures = 0
-        self._pause = 2.0
+        self._pause = BREAKER_FIRST_PAUSE
 
     def failure(self) -> None:
+        if self._state is Breaker.OPEN:
+            return  # a step that started before the breaker opened
         self._failures += 1
-        if self._failures >= BREAKER_THRESHOLD:
+        if self._state is Breaker.PROBING or self._failures >= BREAKER_THRESHOLD:
+            self._state = Breaker.OPEN
             self._open_until = self._clock() + self._pause
+            self.opened += 1
             log.warning("SMS-Man looks down: polling paused for %.0fs", self._pause)
             self._pause = min(self._pause * 2, BREAKER_MAX_PAUSE)
+
+    def no_answer(self) -> None:
+        """A step that did not ask SMS-Man: if it was the probe, the next step probes."""
+        if self._state is Breaker.PROBING:
+            self._state = Breaker.OPEN
+            self._open_until = self._clock()
+
+
+@dataclass(slots=True)
+class _Entry:
+    order_id: int
+    due: float
+    running: bool = False
+    wake_at: float = math.inf  # a schedule() that came while the step ran
+    failures: int = 0
+    redeliver: bool = False  # a stored code's message has to be tried again
+    card_at: float = -math.inf  # the last countdown edit
+    card_minutes: int | None = None  # the minutes the card showed then
+    deadline: float = math.inf  # the order's expires_at, once a step has read it
 
 
 class Poller:
     def __init__(
         self,
         *,
-        db: Database,
         orders: OrderService,
         interval: float,
         concurrency: int,
         clock: Callable[[], float] = time.time,
+        max_rps: float | None = None,
     ) -> None:
-        self._db = db
         self._orders = orders
         self._interval = interval
-        self._clock = clock
+        self._concurrency = concurrency
+        self._max_rps = max_rps
+        self.clock = clock  # tests may swap it (the countdown)
         self._slots = asyncio.Semaphore(concurrency)
-        self._queue: list[tuple[float, int]] = []
-        self._due: dict[int, float] = {}  # the live entry of each order in the heap
-        self._running: set[int] = set()
+        self._entries: dict[int, _Entry] = {}
+        self._heap: list[tuple[float, int, int]] = []  # (due, sequence, order id)
+        self._sequence = 0
         self._tasks: set[asyncio.Task[None]] = set()
-        self._failures: dict[int, int] = {}
-        self._card_at: dict[int, float] = {}
         self._wake = asyncio.Event()
         self._main: asyncio.Task[None] | None = None
-        self._breaker = CircuitBreaker(clock)
-        self._last_cap_warning = 0.0
+        self.breaker = CircuitBreaker(lambda: self.clock())
+        self._last_cap_warning = -math.inf
+        self.steps = 0  # steps run (observability, bench)
         orders.on_scheduled = self.schedule
+        orders.on_undelivered = self.redeliver
 
     # -- scheduling ----------------------------------------------------------------------
 
     def schedule(self, order_id: int, at: float) -> None:
-        """(Re)schedule an order; the earlier of two requests wins."""
-        current = self._due.get(order_id)
-        if current is not None and current <= at:
+        """Look at the order at `at` (or earlier if it is due earlier already)."""
+        entry = self._entries.get(order_id)
+        if entry is None:
+            entry = self._entries[order_id] = _Entry(order_id, math.inf)
+        if entry.running:
+            entry.wake_at = min(entry.wake_at, at)
             return
-        self._due[order_id] = at
-        heapq.heappush(self._queue, (at, order_id))
+        if at < entry.due:
+            self._push(entry, at)
+
+    def redeliver(self, order_id: int) -> None:
+        """A stored code of the order still has to go out: its next step tries again."""
+        entry = self._entries.get(order_id)
+        if entry is None:
+            entry = self._entries[order_id] = _Entry(order_id, math.inf)
+        entry.redeliver = True
+        if not entry.running:  # a running step sets the next time itself (with backoff)
+            self.schedule(order_id, self.clock() + self._interval)
+
+    def _push(self, entry: _Entry, at: float) -> None:
+        entry.due = at
+        self._sequence += 1
+        heapq.heappush(self._heap, (at, self._sequence, entry.order_id))
         self._wake.set()
 
-    def _next_poll(self, order: Order, now: float) -> float:
-        deadline = order.expires_at if order.expires_at is not None else now + self._interval
-        if order.status is OrderStatus.RECEIVED and not order.want_more:
-            return deadline  # nothing to poll; wake at the deadline to close it
-        return min(now + self._interval, deadline)
+    def wake(self) -> None:
+        """Re-read the clock now (tests that move it)."""
+        self._wake.set()
+
+    @property
+    def scheduled(self) -> int:
+        """Orders the poller is looking after."""
+        return len(self._entries)
+
+    @property
+    def running(self) -> bool:
+        return self._main is not None and not self._main.done()
 
     # -- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Reconcile every open order at once, then run the loop."""
-        await self._orders.recover()
-        now = self._clock()
-        for order in await self._db.orders.list_open():
-            if order.status in (OrderStatus.WAITING, OrderStatus.RECEIVED):
-                self.schedule(order.id, now)
-        self._main = asyncio.create_task(self._loop(), name="poller")
+        """Reconcile every open order at once (poll it, deliver what came while we were
+        down, reject it if its deadline passed), then run the supervisor."""
+        still_open = await self._orders.recover()
+        pending = await self._orders.orders_with_undelivered_codes()
+        now = self.clock()
+        for order in still_open:
+            self.schedule(order.id, now)
+        for order_id in pending:  # closed orders too: their codes still go out
+            self.schedule(order_id, now)
+            self._entries[order_id].redeliver = True
+        if still_open or pending:
+            log.info(
+                "reconciling %d open orders (%d with codes to deliver)",
+                len(still_open),
+                len(pending),
+            )
+        self._main = asyncio.create_task(self._supervise(), name="poller")
 
-    async def stop(self, grace: float = 5.0) -> None:
-        if self._main is not None:
-            self._main.cancel()
-            try:
-                await self._main
-            except asyncio.CancelledError:
-                pass
+    async def stop(self, grace: float = STOP_GRACE) -> None:
+        """Stop taking new steps; let running ones finish for `grace` seconds, then cancel."""
+        main, self._main = self._main, None
+        if main is not None:
+            main.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await main
         if self._tasks:
-            _done, pending = await asyncio.wait(self._tasks, timeout=grace)
+            _done, pending = await asyncio.wait(set(self._tasks), timeout=grace)
             for task in pending:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending)
 
-    # -- the loop ------------------------------------------------------------------------
+    # -- the supervisor ------------------------------------------------------------------
 
-    async def _loop(self) -> None:
+    async def _supervise(self) -> None:
         while True:
             try:
-                await self._tick()
+                await self._slots.acquire()
+                try:
+                    self._dispatch(await self._next_due())  # the step releases the slot
+                except BaseException:
+                    self._slots.release()
+                    raise
             except asyncio.CancelledError:
                 raise
             except Exception:  # the loop never dies
-                log.exception("poller tick failed")
+                log.exception("poller supervisor failed; going on")
                 await asyncio.sleep(1.0)
 
-    async def _tick(self) -> None:
-        now = self._clock()
-        if self._breaker.is_open:
-            await self._sleep(self._breaker.reopens_at - now)
-            return
-        if not self._queue:
-            await self._sleep(None)
-            return
-        at, order_id = self._queue[0]
-        if self._due.get(order_id) != at:
-            heapq.heappop(self._queue)  # superseded by an earlier reschedule
-            return
-        if at > now:
-            await self._sleep(at - now)
-            return
-        if order_id in self._running:
-            # Never poll one order twice at once: look again once this poll ends.
-            heapq.heappop(self._queue)
-            del self._due[order_id]
-            return
-        if self._slots.locked() and now - at > self._interval:
-            self._warn_cap(now - at)
-        await self._slots.acquire()  # earliest-due first: the heap hands them out in order
-        heapq.heappop(self._queue)
-        del self._due[order_id]
-        self._running.add(order_id)
-        task = asyncio.create_task(self._run(order_id), name=f"poll {order_id}")
+    async def _next_due(self) -> _Entry:
+        """Wait until the earliest-due entry is due and the breaker lets it through."""
+        while True:
+            self._wake.clear()
+            entry = self._peek()
+            now = self.clock()
+            if entry is not None and entry.due <= now:
+                if self.breaker.allow():
+                    heapq.heappop(self._heap)
+                    return entry
+                timeout = self.breaker.wait_time()
+            else:
+                timeout = None if entry is None else entry.due - now
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+
+    def _peek(self) -> _Entry | None:
+        """The live entry at the head of the heap (stale heap items are dropped)."""
+        while self._heap:
+            due, _seq, order_id = self._heap[0]
+            entry = self._entries.get(order_id)
+            if entry is not None and not entry.running and entry.due == due:
+                return entry
+            heapq.heappop(self._heap)
+        return None
+
+    def _dispatch(self, entry: _Entry) -> None:
+        due = entry.due
+        lag = self.clock() - due
+        if lag > max(1.0, self._interval) and self.breaker.state is Breaker.CLOSED:
+            self._warn_cap(lag)
+        entry.running = True
+        entry.due = math.inf
+        self.steps += 1
+        task = asyncio.create_task(self._run(entry, due), name=f"poll {entry.order_id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _sleep(self, seconds: float | None) -> None:
-        self._wake.clear()
-        try:
-            await asyncio.wait_for(
-                self._wake.wait(), timeout=None if seconds is None else max(0.0, seconds)
-            )
-        except TimeoutError:
-            pass
-
     def _warn_cap(self, lag: float) -> None:
         now = time.monotonic()
-        if now - self._last_cap_warning > 30:
-            self._last_cap_warning = now
-            log.warning("poll capacity is the limit: orders polled %.1fs late", lag)
+        if now - self._last_cap_warning < CAP_WARNING_EVERY:
+            return
+        self._last_cap_warning = now
+        log.warning(
+            "SMS-Man call cap reached: polls start %.1fs late (%d orders, interval %ss,"
+            " SMSMAN_MAX_CONCURRENCY=%d, SMSMAN_MAX_RPS=%s); earliest-due go first",
+            lag,
+            len(self._entries),
+            self._interval,
+            self._concurrency,
+            self._max_rps if self._max_rps is not None else "?",
+        )
 
-    async def _run(self, order_id: int) -> None:
+    # -- one step ------------------------------------------------------------------------
+
+    async def _run(self, entry: _Entry, due: float) -> None:
+        next_at: float | None
+        redeliver, entry.redeliver = entry.redeliver, False
         try:
-            await self._handle(order_id)
-        except ProviderUnavailable:
-            self._breaker.failure()
-            self._back_off(order_id)
+            try:
+                result = await self._orders.step(entry.order_id, redeliver=redeliver)
+            except ProviderUnavailable as exc:
+                self.breaker.failure()
+                log.info("order %s: SMS-Man unavailable (%s); backing off", entry.order_id, exc)
+                entry.redeliver |= redeliver
+                next_at = self._back_off(entry)
+            except SmsManError as exc:
+                self.breaker.failure()
+                entry.redeliver |= redeliver
+                log.warning(
+                    "order %s: SMS-Man error %s: %s; backing off",
+                    entry.order_id,
+                    exc.code,
+                    exc.message,
+                )
+                next_at = self._back_off(entry)
+            except Exception:
+                log.exception("order %s: step failed; trying again later", entry.order_id)
+                entry.redeliver = True  # whatever broke, a stored code may still be unsent
+                next_at = self._back_off(entry)
+            else:
+                if result.answered:
+                    self.breaker.success()
+                else:
+                    self.breaker.no_answer()
+                next_at = await self._after(entry, result, due)
         except asyncio.CancelledError:
+            entry.running = False
+            entry.redeliver |= redeliver
             raise
-        except Exception:
-            log.exception("order %s: poll failed; trying again later", order_id)
-            self._back_off(order_id)
+        except Exception:  # pragma: no cover - _after only renders and sends the card
+            log.exception("order %s: after-step failed", entry.order_id)
+            next_at = self._back_off(entry)
         finally:
             self._slots.release()
-            self._running.discard(order_id)
-
-    def _back_off(self, order_id: int) -> None:
-        failures = self._failures.get(order_id, 0) + 1
-        self._failures[order_id] = failures
-        delay = min(self._interval * 2 ** min(failures, 6), MAX_BACKOFF)
-        self.schedule(order_id, self._clock() + delay * random.uniform(0.8, 1.2))
-
-    async def _handle(self, order_id: int) -> None:
-        order = await self._db.orders.get(order_id)
-        if order is None or not order.is_open or order.status is OrderStatus.PURCHASING:
-            self._forget(order_id)
+            self._wake.set()
+        entry.running = False
+        if next_at is None and entry.wake_at == math.inf:
+            self._entries.pop(entry.order_id, None)
             return
-        now = self._clock()
-        if order.expires_at is not None and now >= order.expires_at:
-            await self._orders.expire_due(order_id)
-            self._breaker.success()
-        elif order.status is OrderStatus.WAITING or order.want_more:
-            outcome = await self._orders.poll(order_id)
-            self._breaker.success()
-            if outcome is PollOutcome.WAITING:
-                await self._countdown(order_id, now)
-        self._failures.pop(order_id, None)
-        fresh = await self._db.orders.get(order_id)
-        if fresh is None or not fresh.is_open:
-            self._forget(order_id)
+        at = min(next_at if next_at is not None else math.inf, entry.wake_at)
+        entry.wake_at = math.inf
+        self._push(entry, at)
+
+    async def _after(self, entry: _Entry, result: StepResult, due: float) -> float | None:
+        """The next time to look at the order (None: forget it)."""
+        now = self.clock()
+        entry.redeliver |= result.undelivered  # also set meanwhile by redeliver()
+        if not entry.redeliver:
+            entry.failures = 0
+        order = result.order
+        if result.outcome is PollOutcome.CLOSED or order is None or not order.is_open:
+            return self._back_off(entry) if entry.redeliver else None
+        deadline = order.expires_at if order.expires_at is not None else math.inf
+        entry.deadline = deadline
+        if result.outcome is PollOutcome.RETRY:
+            return self._back_off(entry)  # SMS-Man refused the reject and shows no code yet
+        if result.outcome is PollOutcome.WAITING:
+            await self._countdown(entry, order, now)
+            next_at = max(due + self._interval, now)  # fixed rate; when late, behind the rest
+        elif _polling(order):  # a received order that asked for another code
+            next_at = now + self._interval
+        else:  # a code came and no other is asked for: nothing to do until the deadline
+            next_at = deadline if deadline < math.inf else now + self._interval
+        if entry.redeliver:
+            next_at = min(next_at, self._back_off(entry))
+        if deadline > now:
+            next_at = min(next_at, deadline)  # reject or close on time
+        return next_at
+
+    def _back_off(self, entry: _Entry) -> float:
+        """Exponential from `interval`, capped at MAX_BACKOFF, jittered; never past the
+        order's deadline while that is ahead (the reject is due then)."""
+        entry.failures += 1
+        now = self.clock()
+        delay = min(self._interval * 2.0 ** min(entry.failures, 10), MAX_BACKOFF)
+        at = now + delay * random.uniform(0.8, 1.2)
+        return min(at, entry.deadline) if entry.deadline > now else at
+
+    async def _countdown(self, entry: _Entry, order: Order, now: float) -> None:
+        """The card's time left: at most one edit a minute, and only if the text changes."""
+        if order.status is not OrderStatus.WAITING or order.expires_at is None:
             return
-        self.schedule(order_id, self._next_poll(fresh, self._clock()))
+        shown = minutes_shown(order.expires_at - now)
+        if shown == entry.card_minutes or now - entry.card_at < COUNTDOWN_EVERY:
+            return
+        await self._orders.refresh_card(order.id, create=False)
+        entry.card_at = now
+        entry.card_minutes = shown
 
-    async def _countdown(self, order_id: int, now: float) -> None:
-        """The card's time left, edited at most once a minute (and only if it changed)."""
-        if now - self._card_at.get(order_id, now) >= COUNTDOWN_EVERY:
-            await self._orders.refresh_card(order_id)
-            self._card_at[order_id] = now
-        self._card_at.setdefault(order_id, now)
 
-    def _forget(self, order_id: int) -> None:
-        self._failures.pop(order_id, None)
-        self._card_at.pop(order_id, None)
-
-    @property
-    def scheduled(self) -> int:
-        return len(self._due)
+def _polling(order: Order) -> bool:
+    return order.status is OrderStatus.WAITING or (
+        order.status is OrderStatus.RECEIVED and order.want_more
+    )

@@ -45,7 +45,7 @@ class Settings(BaseSettings):
     price_step: Decimal = Field(default=Decimal("0.01"), gt=0, le=1000)
     max_active_orders: int = Field(default=5, ge=1, le=100)
     sms_poll_interval: float = Field(default=3, gt=0, le=60)
-    activation_timeout: int = Field(default=1200, ge=10, le=1200)
+    activation_timeout: int = Field(default=1200, ge=1, le=1200)
     smsman_max_concurrency: int = Field(default=10, ge=1, le=200)
     smsman_max_rps: float = Field(default=20, gt=0, le=1000)
     smsman_timeout: float = Field(default=15, gt=0, le=300)

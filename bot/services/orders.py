@@ -88,9 +88,21 @@ class OrdersView:
 
 
 class PollOutcome(StrEnum):
-    WAITING = "waiting"
-    CODE = "code"
-    CLOSED = "closed"  # the order left the open states
+    WAITING = "waiting"  # no code yet: poll again after the interval
+    CODE = "code"  # a new code was stored (and its message tried)
+    IDLE = "idle"  # open, but nothing to ask SMS-Man until the deadline
+    RETRY = "retry"  # SMS-Man refused the reject without showing a code: try again soon
+    CLOSED = "closed"  # the order left the open states (or never was there)
+
+
+@dataclass(frozen=True, slots=True)
+class StepResult:
+    """What one poller step did to an order, and the order after it."""
+
+    outcome: PollOutcome
+    order: Order | None = None
+    undelivered: bool = False  # a stored code's message must be tried again later
+    answered: bool = False  # SMS-Man was asked and answered (the circuit breaker's probe)
 
 
 class OrderService:
@@ -115,12 +127,15 @@ class OrderService:
         self._notifier = notifier
         self._i18n = i18n
         self._alert_admins = alert_admins
-        self._clock = clock
+        self.clock = clock  # tests may swap it (the countdown)
         self._locks: weakref.WeakValueDictionary[int, asyncio.Lock] = weakref.WeakValueDictionary()
         self._card_locks: weakref.WeakValueDictionary[int, asyncio.Lock] = (
             weakref.WeakValueDictionary()
         )
         self.on_scheduled: Callable[[int, float], None] | None = None  # set by the poller
+        # Set by the poller: a code's message could not go out (Telegram unavailable),
+        # whoever tried (the poller, a Cancel that found a code): try it again later.
+        self.on_undelivered: Callable[[int], None] | None = None
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -160,7 +175,7 @@ class OrderService:
             return BuyResult(BuyOutcome.NO_NUMBERS)
         if quoted_cost < offer.service.cost:
             return BuyResult(BuyOutcome.PRICE_CHANGED)
-        now = self._clock()
+        now = self.clock()
         recent = await self._db.orders.count_recent(user_id, now - 60)
         if recent >= self._settings.purchases_per_minute:
             return BuyResult(BuyOutcome.TOO_FAST)
@@ -219,7 +234,7 @@ class OrderService:
         except SmsManError as exc:
             await self._fail(order, f"{exc.code}: {exc.message}")
             return BuyResult(BuyOutcome.FAILED)
-        now = self._clock()
+        now = self.clock()
         expires_at = now + self._settings.activation_timeout
         next_poll = now + self._settings.sms_poll_interval
         stored = await self._db.orders.mark_waiting(
@@ -263,8 +278,10 @@ class OrderService:
             if order is None or order.status is not OrderStatus.WAITING:
                 return ActionResult(ActionOutcome.NOT_ALLOWED, order)
             try:
-                await self._reject(order, expire=False)
+                outcome, _undelivered = await self._reject(order, expire=False)
             except ProviderUnavailable:
+                return ActionResult(ActionOutcome.TRY_LATER, order)
+            if outcome is PollOutcome.RETRY:
                 return ActionResult(ActionOutcome.TRY_LATER, order)
         return ActionResult(ActionOutcome.DONE, await self._db.orders.get(order.id))
 
@@ -303,46 +320,67 @@ class OrderService:
             except SmsManError as exc:
                 log.warning("order %s: retrysms refused: %s", order.id, exc.code)
                 return ActionResult(ActionOutcome.NOT_ALLOWED, order)
-            await self._db.orders.request_more(order.id)
-            next_poll = self._clock() + self._settings.sms_poll_interval
-            await self._db.orders.set_next_poll(order.id, next_poll)
+            next_poll = self.clock() + self._settings.sms_poll_interval
+            await self._db.orders.request_more(order.id, next_poll_at=next_poll)
+            log.info("order %s: another code asked for (retrysms)", order.id)
             self._schedule(order.id, next_poll)
         return ActionResult(ActionOutcome.DONE, await self._db.orders.get(order.id))
 
     # -- the poller's side ---------------------------------------------------------------
 
-    async def poll(self, order_id: int) -> PollOutcome:
-        """Ask SMS-Man for a code once; ProviderUnavailable is the caller's to back off."""
+    async def step(self, order_id: int, *, redeliver: bool = False) -> StepResult:
+        """One turn of the poller for one order, under the order's lock.
+
+        Codes still waiting for Telegram go out first (`redeliver`); then past its deadline
+        the order is rejected (no code) or closed (a code came); otherwise a waiting order,
+        or a received one that asked for another code, is polled once. `ProviderUnavailable`
+        and other `SmsManError`s are the caller's to back off; nothing changed then.
+        """
         async with self._order_lock(order_id):
             order = await self._db.orders.get(order_id)
-            if order is None or order.request_id is None:
-                return PollOutcome.CLOSED
-            if order.status is OrderStatus.WAITING or (
-                order.status is OrderStatus.RECEIVED and order.want_more
-            ):
-                return await self._poll(order)
-            return PollOutcome.CLOSED if not order.is_open else PollOutcome.WAITING
+            if order is None:
+                return StepResult(PollOutcome.CLOSED)
+            undelivered = False
+            if redeliver:
+                undelivered = not await self._deliver_stored(order)
+            if not order.is_open or order.status is OrderStatus.PURCHASING:
+                return StepResult(PollOutcome.CLOSED, order, undelivered)
+            if order.request_id is None:  # pragma: no cover - waiting orders have one
+                return StepResult(PollOutcome.CLOSED, order, undelivered)
+            if order.expires_at is not None and self.clock() >= order.expires_at:
+                outcome, failed = await self._expire(order)
+            elif order.status is OrderStatus.WAITING or order.want_more:
+                outcome, failed = await self._poll(order)
+            else:
+                return StepResult(PollOutcome.IDLE, order, undelivered)
+            if outcome is PollOutcome.WAITING:
+                return StepResult(outcome, order, undelivered, answered=True)
+            fresh = await self._db.orders.get(order_id)
+            if fresh is None or not fresh.is_open:
+                outcome = PollOutcome.CLOSED
+            return StepResult(outcome, fresh, undelivered or failed, answered=True)
 
-    async def _poll(self, order: Order) -> PollOutcome:
+    async def _poll(self, order: Order) -> tuple[PollOutcome, bool]:
+        """get-sms once: (outcome, True if a new code's message still has to go out)."""
         assert order.request_id is not None
         try:
             sms = await self._client.get_sms(order.request_id)
         except RequestGone:
             await self._request_gone(order)
-            return PollOutcome.CLOSED
+            return PollOutcome.CLOSED, False
         if sms.code is None:
-            return PollOutcome.WAITING
+            return PollOutcome.WAITING, False
         code = await self._store_code(order, sms.code)
         if code is None:
-            return PollOutcome.WAITING  # the same code again, before the next one arrived
-        await self.deliver(code)
-        return PollOutcome.CODE
+            return PollOutcome.WAITING, False  # the same code again, before the next one came
+        outcome = await self.deliver(code)
+        return PollOutcome.CODE, outcome is Outcome.UNAVAILABLE
 
     async def _store_code(self, order: Order, code: str) -> Code | None:
         if order.status in (OrderStatus.CANCELLED, OrderStatus.EXPIRED):
-            stored = await self._db.orders.revive_with_code(order.id, code)
+            stored = await self._db.orders.revive_with_code(order.id, code, now=self.clock())
         else:
-            stored = await self._db.orders.add_code(order.id, code, now=self._clock())
+            stored = await self._db.orders.add_code(order.id, code, now=self.clock())
         if stored is not None:
             log.info("order %s user %s: code stored", order.id, order.user_id)
         return stored
@@ -350,43 +388,61 @@ class OrderService:
     async def _request_gone(self, order: Order) -> None:
         """SMS-Man forgot the request: it ends here, refunded only if no code came."""
         if order.status is OrderStatus.WAITING:
-            if await self._db.orders.expire(order.id):
-                log.info("order %s: request gone at SMS-Man; expired and released", order.id)
+            if await self._db.orders.expire(order.id, now=self.clock()):
+                log.info("order %s: request gone at SMS-Man; expired, hold released", order.id)
                 await self._tell_expired(order)
-        elif order.status is OrderStatus.RECEIVED:
-            await self._db.orders.finish(order.id)
+        elif order.status is OrderStatus.RECEIVED and await self._db.orders.finish(
+            order.id, now=self.clock()
+        ):
+            log.info("order %s: request gone at SMS-Man; finished", order.id)
         await self.refresh_card(order.id)
 
-    async def expire_due(self, order_id: int) -> None:
-        """The deadline passed: reject without a code, close with one."""
+    async def expire_due(self, order_id: int) -> PollOutcome:
+        """End the order now as if its deadline passed: reject without a code (the hold goes
+        back, the user is told), close with one. The poller does this in `step`."""
         async with self._order_lock(order_id):
             order = await self._db.orders.get(order_id)
-            if order is None:
-                return
-            if order.status is OrderStatus.WAITING:
-                await self._reject(order, expire=True)
-            elif order.status is OrderStatus.RECEIVED:
-                await self._close(order)
+            if (
+                order is None
+                or order.request_id is None
+                or order.status not in (OrderStatus.WAITING, OrderStatus.RECEIVED)
+            ):
+                return PollOutcome.CLOSED
+            outcome, _undelivered = await self._expire(order)
+            return outcome
 
-    async def _reject(self, order: Order, *, expire: bool) -> None:
+    async def _expire(self, order: Order) -> tuple[PollOutcome, bool]:
+        """The deadline passed: reject without a code, close with one."""
+        if order.status is OrderStatus.WAITING:
+            return await self._reject(order, expire=True)
+        await self._close(order)
+        return PollOutcome.CLOSED, False
+
+    async def _reject(self, order: Order, *, expire: bool) -> tuple[PollOutcome, bool]:
+        """Reject at SMS-Man, then cancel or expire here (the hold goes back).
+
+        SMS-Man refuses a reject once a code came: the code is fetched and delivered
+        instead (CODE). Refused with no code in sight yet: RETRY, nothing changed.
+        """
         assert order.request_id is not None
         try:
             await self._client.set_status(order.request_id, Status.REJECT)
         except WrongStatus:
-            # SMS-Man refuses a reject once a code came: fetch it and deliver it instead.
             log.info("order %s: reject refused, looking for a code", order.id)
-            outcome = await self._poll(order)
-            if outcome is not PollOutcome.WAITING:
-                return
-            raise ProviderUnavailable("wrong_status", "reject refused, no code yet") from None
+            outcome, failed = await self._poll(order)
+            if outcome is PollOutcome.WAITING:
+                return PollOutcome.RETRY, False
+            return outcome, failed
         except RequestGone:
             pass  # already gone at SMS-Man: nothing more to reject
+        now = self.clock()
         moved = self._db.orders.expire if expire else self._db.orders.cancel
-        if await moved(order.id):
+        if await moved(order.id, now=now):
             log.info("order %s: %s, hold released", order.id, "expired" if expire else "cancelled")
             if expire:
                 await self._tell_expired(order)
         await self.refresh_card(order.id)
+        return PollOutcome.CLOSED, False
 
     async def _close(self, order: Order) -> None:
         assert order.request_id is not None
@@ -394,65 +450,80 @@ class OrderService:
             await self._client.set_status(order.request_id, Status.CLOSE)
         except (WrongStatus, RequestGone):
             pass  # SMS-Man already ended it; we only record the end
-        if await self._db.orders.finish(order.id):
+        if await self._db.orders.finish(order.id, now=self.clock()):
             log.info("order %s: finished", order.id)
         await self.refresh_card(order.id)
 
     async def _tell_expired(self, order: Order) -> None:
-        locale = await self._locale_of(order.user_id)
-        with self._i18n.use_locale(locale):
+        user = await self._db.users.get(order.user_id)
+        if user is not None and user.blocked:
+            return
+        with self._i18n.use_locale(pick_locale(user.language if user else None)):
             text = texts.order_expired_notice(order)
         await self._notifier.send(order.chat_id, text)
 
     # -- delivery and the card -----------------------------------------------------------
 
-    async def deliver(self, code: Code) -> bool:
-        """Send the code as a new message; it counts as delivered once Telegram took it."""
+    async def deliver(self, code: Code) -> Outcome:
+        """Send the code as a new message, then edit the card. The code counts as delivered
+        only once Telegram accepted the message; a blocked user is not written to (the code
+        stays in My orders)."""
         order = await self._db.orders.get(code.order_id)
         if order is None:  # pragma: no cover - codes reference orders
-            return False
+            return Outcome.REJECTED
         user = await self._db.users.get(order.user_id)
         if user is not None and user.blocked:
-            return False  # kept for My orders; sent when they come back
+            return Outcome.BLOCKED
         with self._i18n.use_locale(pick_locale(user.language if user else None)):
             text = texts.code_message(order, code.code)
         result = await self._notifier.send(order.chat_id, text)
         if result.ok and result.message_id is not None:
-            await self._db.codes.mark_delivered(code.id, result.message_id, now=self._clock())
+            await self._db.codes.mark_delivered(code.id, result.message_id, now=self.clock())
             log.info("order %s user %s: code delivered", order.id, order.user_id)
-        await self.refresh_card(order.id)
-        return result.ok
+        elif result.outcome is Outcome.UNAVAILABLE and self.on_undelivered is not None:
+            self.on_undelivered(order.id)
+        if result.outcome is not Outcome.BLOCKED:
+            await self.refresh_card(order.id)
+        return result.outcome
 
-    async def deliver_pending(self) -> int:
-        """Codes stored but not yet accepted by Telegram (a crash, a flood, a block)."""
-        delivered = 0
-        for code, _order in await self._db.codes.undelivered():
-            if await self.deliver(code):
-                delivered += 1
-        return delivered
+    async def _deliver_stored(self, order: Order) -> bool:
+        """Send the order's codes that Telegram has not accepted yet; False if one of them
+        should be tried again later (Telegram unavailable)."""
+        retry = False
+        for code in await self._db.orders.codes_of(order.id):
+            if code.delivered_at is None:
+                retry |= await self.deliver(code) is Outcome.UNAVAILABLE
+        return not retry
+
+    async def orders_with_undelivered_codes(self) -> set[int]:
+        return {code.order_id for code, _order in await self._db.codes.undelivered()}
 
     def render_card(
         self, order: Order, codes: list[Code], locale: str
     ) -> tuple[str, str, InlineKeyboardMarkup | None]:
         with self._i18n.use_locale(locale):
-            text = texts.order_card(order, codes, self._clock())
+            country = self._catalogue.title_of(order.country_id, locale)
+            text = texts.order_card(order, codes, self.clock(), country=country)
             markup = keyboards.order_card(order)
         dump = markup.model_dump(exclude_none=True) if markup else None
         signature = text + "\x00" + json.dumps(dump, sort_keys=True)
         return text, signature, markup
 
-    async def refresh_card(self, order_id: int, *, message_id: int | None = None) -> None:
-        """Edit the order card if its text or buttons changed; send a new one if it's gone.
+    async def refresh_card(
+        self, order_id: int, *, message_id: int | None = None, create: bool = True
+    ) -> None:
+        """Edit the order card if its text or buttons changed; send a new one if it's gone
+        (unless `create` is False: the countdown only edits a card that is there).
 
         `message_id` moves the card: the handler's confirm screen becomes the card, or
         (with -1) My orders brings it back as a new message at the bottom of the chat.
         """
         async with _lock_for(self._card_locks, order_id):
-            await self._refresh_card(order_id, message_id)
+            await self._refresh_card(order_id, message_id, create)
 
-    async def _refresh_card(self, order_id: int, message_id: int | None) -> None:
+    async def _refresh_card(self, order_id: int, message_id: int | None, create: bool) -> None:
         order = await self._db.orders.get(order_id)
-        if order is None:
+        if order is None or (not create and order.message_id is None):
             return
         user = await self._db.users.get(order.user_id)
         if user is not None and user.blocked:
@@ -473,16 +544,22 @@ class OrderService:
                 if result.ok:
                     await self._db.orders.set_message(order.id, order.message_id, signature)
                 return
+        if not create:
+            return
         result = await self._notifier.send(order.chat_id, text, markup)
         if result.ok:
             await self._db.orders.set_message(order.id, result.message_id, signature)
 
-    async def recover(self) -> None:
-        """At start: purchases cut short by a crash fail (released), stuck codes go out."""
+    async def recover(self) -> list[Order]:
+        """At start: purchases cut short by a crash fail (released, nothing charged).
+        Returns the orders still open (waiting or received) for the poller."""
+        still_open = []
         for order in await self._db.orders.list_open():
             if order.status is OrderStatus.PURCHASING:
                 await self._fail(order, "interrupted by a restart")
-        await self.deliver_pending()
+            else:
+                still_open.append(order)
+        return still_open
 
 
 def _lock_for(locks: weakref.WeakValueDictionary[int, asyncio.Lock], key: int) -> asyncio.Lock:

@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 
+SPACING_MARGIN = 1.02
+
 
 class CallGate:
     def __init__(self, max_concurrency: int, max_rps: float) -> None:
@@ -24,7 +26,9 @@ class CallGate:
         if max_rps <= 0:
             raise ValueError("max_rps must be positive")
         self._max = max_concurrency
-        self._interval = 1.0 / max_rps
+        # 2% wider than 1/max_rps: SMS-Man counts arrivals, and network jitter of up to
+        # 20 ms (at 50/s) must not squeeze max_rps + 1 calls into one of its seconds.
+        self._interval = SPACING_MARGIN / max_rps
         self._in_flight = 0
         self._next_start = float("-inf")  # loop time the next start is allowed at
         self._urgent: deque[asyncio.Future[None]] = deque()

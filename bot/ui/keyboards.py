@@ -1,14 +1,26 @@
-"""Inline keyboards, built with aiogram's InlineKeyboardBuilder."""
+"""Inline keyboards.
+
+Built as plain rows rather than with aiogram's InlineKeyboardBuilder: the builder deep-copies
+the whole keyboard (pydantic models) on every added button, which made a 20-button country
+page cost ~2-4 ms of CPU per click (bench/menu.py). `_Keyboard` keeps the builder's
+`button()`/`adjust()` shape and row semantics without the copies.
+
+Menus repeat, so the navigation keyboards are also memoised (LRU) by everything they show
+and the current locale. A keyboard is never modified once built: aiogram only serialises it.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from aiogram.types import InlineKeyboardMarkup
+from aiogram.filters.callback_data import CallbackData
+from aiogram.types import InlineKeyboardButton, InlineKeyboardMarkup
+from aiogram.utils.i18n import get_i18n
 from aiogram.utils.i18n import gettext as _
-from aiogram.utils.keyboard import InlineKeyboardBuilder
 
 from bot.services.catalogue import CountryItem, ServiceItem
 from bot.services.money import format_money
@@ -29,6 +41,7 @@ from storage.models import Order, OrderStatus
 COUNTRIES_PER_PAGE = 16
 SERVICES_PER_PAGE = 10
 LANGUAGES = (("en", "🇬🇧 English"), ("ru", "🇷🇺 Русский"))
+MEMO_SIZE = 1024  # keyboards kept (a country page is ~20 buttons: a few KB each)
 
 T = TypeVar("T")
 
@@ -54,8 +67,76 @@ def paginate(items: Sequence[T], page: int, size: int) -> tuple[Sequence[T], Pag
     return items[page * size : (page + 1) * size], Page(page, count)
 
 
+class _Keyboard:
+    """The subset of InlineKeyboardBuilder used here: button(), adjust(), as_markup()."""
+
+    __slots__ = ("_buttons", "_sizes")
+
+    def __init__(self) -> None:
+        self._buttons: list[InlineKeyboardButton] = []
+        self._sizes: tuple[int, ...] = (8,)  # the builder's default: up to 8 per row
+
+    def button(self, *, text: str, callback_data: CallbackData) -> None:
+        self._buttons.append(InlineKeyboardButton(text=text, callback_data=callback_data.pack()))
+
+    def adjust(self, *sizes: int) -> None:
+        """Rows of the given sizes in order, the last size repeated (as the builder)."""
+        if any(not 1 <= size <= 8 for size in sizes):
+            raise ValueError(f"row sizes must be within 1..8, got {sizes}")
+        self._sizes = sizes or (8,)
+
+    def as_markup(self) -> InlineKeyboardMarkup:
+        if len(self._buttons) > 100:  # Telegram's limit, which the builder enforced too
+            raise ValueError(f"too many buttons: {len(self._buttons)} > 100")
+        rows: list[list[InlineKeyboardButton]] = []
+        start, index = 0, 0
+        while start < len(self._buttons):
+            size = self._sizes[min(index, len(self._sizes) - 1)]
+            rows.append(self._buttons[start : start + size])
+            start += size
+            index += 1
+        return InlineKeyboardMarkup(inline_keyboard=rows)
+
+
+_memo: OrderedDict[tuple[Hashable, ...], InlineKeyboardMarkup] = OrderedDict()
+
+
+def _current_locale() -> str:
+    try:
+        return get_i18n().current_locale
+    except LookupError:  # no i18n context (a script, a test): gettext would fail anyway
+        return ""
+
+
+def _memoized(
+    key: tuple[Hashable, ...], build: Callable[[], InlineKeyboardMarkup]
+) -> InlineKeyboardMarkup:
+    """`build()` once per `key` and locale, least recently used dropped beyond MEMO_SIZE."""
+    full = (_current_locale(), *key)
+    markup = _memo.get(full)
+    if markup is not None:
+        _memo.move_to_end(full)
+        return markup
+    markup = build()
+    _memo[full] = markup
+    if len(_memo) > MEMO_SIZE:
+        _memo.popitem(last=False)
+    return markup
+
+
+def _per_locale(build: Callable[[], InlineKeyboardMarkup]) -> Callable[[], InlineKeyboardMarkup]:
+    """A keyboard without arguments: built once per locale."""
+
+    @functools.wraps(build)
+    def memoized() -> InlineKeyboardMarkup:
+        return _memoized((build.__name__,), build)
+
+    return memoized
+
+
+@_per_locale
 def main_menu() -> InlineKeyboardMarkup:
-    kb = InlineKeyboardBuilder()
+    kb = _Keyboard()
     kb.button(text=_("📱 Buy number"), callback_data=MenuCb(action=MenuAction.BUY))
     kb.button(text=_("📋 My orders"), callback_data=MenuCb(action=MenuAction.ORDERS))
     kb.button(text=_("💰 Balance"), callback_data=MenuCb(action=MenuAction.BALANCE))
@@ -64,18 +145,20 @@ def main_menu() -> InlineKeyboardMarkup:
     return kb.as_markup()
 
 
-def _home_button(kb: InlineKeyboardBuilder) -> None:
+def _home_button(kb: _Keyboard) -> None:
     kb.button(text=_("🏠 Menu"), callback_data=MenuCb(action=MenuAction.HOME))
 
 
+@_per_locale
 def back_to_menu() -> InlineKeyboardMarkup:
-    kb = InlineKeyboardBuilder()
+    kb = _Keyboard()
     _home_button(kb)
     return kb.as_markup()
 
 
+@_per_locale
 def after_no_numbers() -> InlineKeyboardMarkup:
-    kb = InlineKeyboardBuilder()
+    kb = _Keyboard()
     kb.button(text="🌍 " + _("Another country"), callback_data=MenuCb(action=MenuAction.BUY))
     _home_button(kb)
     kb.adjust(1)
@@ -86,7 +169,14 @@ def countries(
     items: Sequence[CountryItem], page: int, currency: str, locale: str, *, filtered: bool
 ) -> InlineKeyboardMarkup:
     shown, pg = paginate(items, page, COUNTRIES_PER_PAGE)
-    kb = InlineKeyboardBuilder()
+    key = ("countries", tuple(shown), pg, currency, locale, filtered)
+    return _memoized(key, lambda: _countries(shown, pg, currency, locale, filtered=filtered))
+
+
+def _countries(
+    shown: Sequence[CountryItem], pg: Page, currency: str, locale: str, *, filtered: bool
+) -> InlineKeyboardMarkup:
+    kb = _Keyboard()
     for item in shown:
         label = f"{item.flag} {item.title_in(locale)}"
         if item.min_cost is not None:
@@ -127,9 +217,25 @@ def services(
     filtered: bool,
 ) -> InlineKeyboardMarkup:
     shown, pg = paginate(items, page, SERVICES_PER_PAGE)
-    kb = InlineKeyboardBuilder()
-    for item in shown:
-        price = format_money(price_of[item.id], currency)
+    prices = tuple(price_of[item.id] for item in shown)
+    key = ("services", country_id, tuple(shown), prices, pg, currency, filtered)
+    return _memoized(
+        key, lambda: _services(country_id, shown, prices, pg, currency, filtered=filtered)
+    )
+
+
+def _services(
+    country_id: int,
+    shown: Sequence[ServiceItem],
+    prices: Sequence[int],
+    pg: Page,
+    currency: str,
+    *,
+    filtered: bool,
+) -> InlineKeyboardMarkup:
+    kb = _Keyboard()
+    for item, minor in zip(shown, prices, strict=True):
+        price = format_money(minor, currency)
         kb.button(
             text=f"{item.title} · {price} · {item.count}",
             callback_data=ServiceCb(country=country_id, service=item.id),
@@ -159,18 +265,25 @@ def services(
 
 
 def confirm(country_id: int, service_id: int, cost: int, *, multi: bool) -> InlineKeyboardMarkup:
-    kb = InlineKeyboardBuilder()
+    """Buy; `multi` (MULTIPLE_SMS): every number takes several SMS. Otherwise a second
+    button lets the user ask for that (Another code on the card)."""
+    kb = _Keyboard()
     kb.button(
         text="✅ " + _("Buy"),
         callback_data=BuyCb(country=country_id, service=service_id, cost=cost, multi=multi),
     )
+    if not multi:
+        kb.button(
+            text="🔁 " + _("Buy (several SMS)"),
+            callback_data=BuyCb(country=country_id, service=service_id, cost=cost, multi=True),
+        )
     kb.button(text="↩ " + _("Services"), callback_data=ServicePageCb(country=country_id, page=0))
     kb.adjust(1)
     return kb.as_markup()
 
 
 def order_card(order: Order) -> InlineKeyboardMarkup | None:
-    kb = InlineKeyboardBuilder()
+    kb = _Keyboard()
     if order.status is OrderStatus.WAITING:
         kb.button(
             text="✖ " + _("Cancel"),
@@ -193,7 +306,7 @@ def order_card(order: Order) -> InlineKeyboardMarkup | None:
 
 
 def orders_list(open_orders: Sequence[Order]) -> InlineKeyboardMarkup:
-    kb = InlineKeyboardBuilder()
+    kb = _Keyboard()
     for order in open_orders:
         kb.button(
             text=f"#{order.id} {order.service_title}",
@@ -204,8 +317,9 @@ def orders_list(open_orders: Sequence[Order]) -> InlineKeyboardMarkup:
     return kb.as_markup()
 
 
+@_per_locale
 def languages() -> InlineKeyboardMarkup:
-    kb = InlineKeyboardBuilder()
+    kb = _Keyboard()
     for code, label in LANGUAGES:
         kb.button(text=label, callback_data=LanguageCb(code=code))
     kb.adjust(2)
