@@ -223,8 +223,9 @@ class Poller:
         main, self._main = self._main, None
         if main is not None:
             main.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await main
+            _done, alive = await asyncio.wait({main}, timeout=grace)
+            if alive:
+                log.error("the poller supervisor ignored its cancellation")
         if self._tasks:
             _done, pending = await asyncio.wait(set(self._tasks), timeout=grace)
             for task in pending:
@@ -262,8 +263,11 @@ class Poller:
                 timeout = self.breaker.wait_time()
             else:
                 timeout = None if entry is None else entry.due - now
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that
+            # lands as the wait ends, and the supervisor would outlive stop().
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
 
     def _peek(self) -> _Entry | None:
         """The live entry at the head of the heap (stale heap items are dropped)."""
