@@ -68,8 +68,11 @@ class Chaos:
         """SIGKILL at random moments, then start again on the same database."""
         while time.monotonic() < self.stop_at or len(self.kills) < MIN_RESTARTS:
             await asyncio.sleep(self.rng.uniform(1.5, 3.5))
+            await self.bot.kill()
+            # Stamped once the process is dead: a send that reached Telegram while the
+            # SIGKILL was on its way still belongs to the run it interrupted.
             self.kills.append(time.monotonic())
-            await self.bot.restart(kill=True, timeout=60)
+            await self.bot.start(timeout=60)
 
     async def shopper(self, user: FakeUser) -> None:
         rng = random.Random(SEED + user.id)
