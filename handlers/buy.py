@@ -162,8 +162,10 @@ async def on_buy_pressed(
         country_id=callback_data.country,
         service_id=callback_data.service,
         quoted_cost=callback_data.cost,
+        quoted_price=callback_data.price,
         multiple_sms=callback_data.multi,
         idempotency_key=f"buy:{message.chat.id}:{message.message_id}",
+        card_message_id=message.message_id,
     )
     if result.order is not None and result.outcome in (BuyOutcome.BOUGHT, BuyOutcome.DUPLICATE):
         await orders.refresh_card(result.order.id, message_id=message.message_id)

@@ -12,6 +12,7 @@ from storage.errors import (
     MigrationError,
     StorageError,
     TooManyActiveOrders,
+    TooManyRecentOrders,
     UserBanned,
 )
 from storage.orders import TRANSITIONS
@@ -27,5 +28,6 @@ __all__ = [
     "StorageError",
     "Summary",
     "TooManyActiveOrders",
+    "TooManyRecentOrders",
     "UserBanned",
 ]

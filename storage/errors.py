@@ -28,6 +28,14 @@ class TooManyActiveOrders(StorageError):
         super().__init__(f"too many active orders (limit {limit})")
 
 
+class TooManyRecentOrders(StorageError):
+    """The user created `limit` orders in the last minute already."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        super().__init__(f"too many orders in a minute (limit {limit})")
+
+
 class DuplicateOrder(StorageError):
     """An order with this idempotency key exists already: it is attached."""
 

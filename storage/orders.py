@@ -9,7 +9,13 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final
 
 from storage import ledger, rows
-from storage.errors import DuplicateOrder, InvalidAmount, TooManyActiveOrders, UserBanned
+from storage.errors import (
+    DuplicateOrder,
+    InvalidAmount,
+    TooManyActiveOrders,
+    TooManyRecentOrders,
+    UserBanned,
+)
 from storage.models import Code, Money, Order, OrderStatus
 from storage.rows import CODE_COLUMNS, ORDER_COLUMNS
 
@@ -147,12 +153,15 @@ class Orders:
         multiple_sms: bool,
         hold: bool,
         max_active: int,
+        max_per_minute: int | None = None,
         now: float | None = None,
     ) -> Order:
-        """One transaction: duplicate key, ban, active limit, hold, insert (status purchasing).
+        """One transaction: duplicate key, ban, limits, hold, insert (status purchasing).
 
-        Raises DuplicateOrder(existing), UserBanned, TooManyActiveOrders(max_active) or
-        InsufficientFunds(available), in that order of checks; on any of them nothing changes.
+        Raises DuplicateOrder(existing), UserBanned, TooManyActiveOrders(max_active),
+        TooManyRecentOrders(max_per_minute) or InsufficientFunds(available), in that order
+        of checks; on any of them nothing changes. The limits are counted inside the
+        transaction, so concurrent purchases cannot all slip under them.
         """
         if price < 0 or cost < 0:
             raise InvalidAmount(f"price and cost must be >= 0 (price={price}, cost={cost})")
@@ -178,6 +187,14 @@ class Orders:
             ).fetchone()[0]
             if active >= max_active:
                 raise TooManyActiveOrders(max_active)
+            if max_per_minute is not None:
+                recent = conn.execute(
+                    "SELECT COUNT(*) FROM orders INDEXED BY orders_user_created"
+                    " WHERE user_id = ? AND created_at >= ?",
+                    (user_id, ts - 60),
+                ).fetchone()[0]
+                if recent >= max_per_minute:
+                    raise TooManyRecentOrders(max_per_minute)
             if hold:
                 ledger.take(conn, user_id, price)
             cursor = conn.execute(

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.asyncio
 SettingsFactory = Callable[..., Settings]
 STRANGER = 424242
 # Buttons a stranger could forge: menu, a country, a service, Buy with a quote, Cancel.
-FORGED = ("m:buy", "m:bal", "m:orders", "c:1", "s:1:1", "b:1:1:2500:0", "o:cancel:1")
+FORGED = ("m:buy", "m:bal", "m:orders", "c:1", "s:1:1", "b:1:1:2500:2500:0", "o:cancel:1")
 
 
 async def settled(smsman: FakeSmsMan, quiet: float = 0.3) -> int:

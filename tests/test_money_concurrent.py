@@ -108,6 +108,7 @@ class Run:
             country_id=country,
             service_id=service,
             quoted_cost=offer.service.cost,
+            quoted_price=self.app.orders.price_for(offer.service.cost),
             multiple_sms=False,
             idempotency_key=key,
         )

@@ -75,6 +75,7 @@ async def bulk_buy(app: App, telegram: FakeTelegram, smsman: FakeSmsMan, count: 
             country_id=1,
             service_id=1,
             quoted_cost=PRICE,
+            quoted_price=PRICE,
             multiple_sms=False,
             idempotency_key=f"bulk:{n}",
         )

@@ -168,7 +168,7 @@ async def test_stale_callback_gets_a_fresh_menu(
         user = telegram.user(1)
         await user.send("/start")
         menu = await user.wait_for("Hi")
-        for data in ("zz:1", "c:notanumber", "o:explode:1", "b:1:1:-5:0"):
+        for data in ("zz:1", "c:notanumber", "o:explode:1", "b:1:1:-5:-5:0"):
             callback_id = await user.click_data(data, message_id=menu.message_id)
             await user.wait_answered(callback_id)
         await user.wait_for("outdated")

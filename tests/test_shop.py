@@ -313,3 +313,46 @@ async def test_max_active_orders_and_purchases_per_minute(
         assert await app.db.wallet.balance(1) == (500_00, 0)
         assert await app.db.wallet.check_invariant() == []
     assert telegram.errors == []
+
+
+async def test_markup_raised_after_the_quote_is_refused_not_charged(
+    telegram: FakeTelegram, smsman: FakeSmsMan, bot_settings: SettingsFactory
+) -> None:
+    async with running(bot_settings(**SHOP)) as app:
+        admin, user = telegram.user(ADMIN), telegram.user(1)
+        await credit(telegram, 1, "500")
+        confirm = await reach_confirm(user)
+        assert "29.00 ₽" in confirm.text
+        await say(admin, "/markup 50", "Markup")
+        await user.click("Buy", message_id=confirm.message_id)
+        await user.wait_for("price has changed", new_only=True)
+        assert smsman.calls_to("get-number") == []
+        assert await app.db.wallet.balance(1) == (500_00, 0)
+
+
+async def test_purchases_per_minute_hold_under_concurrent_buys(
+    telegram: FakeTelegram, smsman: FakeSmsMan, bot_settings: SettingsFactory
+) -> None:
+    settings = bot_settings(**SHOP, purchases_per_minute=1, max_active_orders=10)
+    async with running(settings) as app:
+        telegram.user(1, started=True)
+        await credit(telegram, 1, "500")
+        results = await asyncio.gather(
+            *(
+                app.orders.buy(
+                    user_id=1,
+                    chat_id=1,
+                    country_id=1,
+                    service_id=1,
+                    quoted_cost=COST,
+                    quoted_price=PRICE,
+                    multiple_sms=False,
+                    idempotency_key=f"rush:{n}",
+                )
+                for n in range(4)
+            )
+        )
+        outcomes = sorted(r.outcome.value for r in results)
+        assert outcomes == ["bought", "too_fast", "too_fast", "too_fast"]
+        assert len(smsman.calls_to("get-number")) == 1
+        assert await app.db.wallet.check_invariant() == []

@@ -37,7 +37,13 @@ from bot.smsman.types import Status
 from bot.ui import keyboards, texts
 from bot.ui.i18n import pick_locale
 from storage.db import Database
-from storage.errors import DuplicateOrder, InsufficientFunds, TooManyActiveOrders, UserBanned
+from storage.errors import (
+    DuplicateOrder,
+    InsufficientFunds,
+    TooManyActiveOrders,
+    TooManyRecentOrders,
+    UserBanned,
+)
 from storage.models import Code, Order, OrderStatus
 
 log = logging.getLogger(__name__)
@@ -155,6 +161,10 @@ class OrderService:
 
     # -- buying --------------------------------------------------------------------------
 
+    def price_for(self, cost: int) -> int:
+        """What a user pays for a provider cost right now (a quote)."""
+        return self._pricing.price(cost)
+
     async def buy(
         self,
         *,
@@ -163,10 +173,16 @@ class OrderService:
         country_id: int,
         service_id: int,
         quoted_cost: int,
+        quoted_price: int,
         multiple_sms: bool,
         idempotency_key: str,
+        card_message_id: int | None = None,
     ) -> BuyResult:
-        """Hold the quoted price, then get-number with maxPrice = the quoted cost."""
+        """Hold the quoted price, then get-number with maxPrice = the quoted cost.
+
+        `card_message_id`: the confirm screen that becomes the order card, recorded before
+        the number is bought so a code arriving at once edits it rather than a second card.
+        """
         existing = await self._db.orders.by_idempotency_key(idempotency_key)
         if existing is not None:
             return BuyResult(BuyOutcome.DUPLICATE, existing)
@@ -176,11 +192,10 @@ class OrderService:
         if quoted_cost < offer.service.cost:
             return BuyResult(BuyOutcome.PRICE_CHANGED)
         now = self.clock()
-        recent = await self._db.orders.count_recent(user_id, now - 60)
-        if recent >= self._settings.purchases_per_minute:
-            return BuyResult(BuyOutcome.TOO_FAST)
         shop = self._settings.is_shop
         price = self._pricing.price(quoted_cost) if shop else 0
+        if shop and price > quoted_price:
+            return BuyResult(BuyOutcome.PRICE_CHANGED)  # the markup rose since the quote
         try:
             order = await self._db.orders.create(
                 user_id=user_id,
@@ -196,6 +211,7 @@ class OrderService:
                 multiple_sms=multiple_sms,
                 hold=shop,
                 max_active=self._settings.max_active_orders,
+                max_per_minute=self._settings.purchases_per_minute,
                 now=now,
             )
         except DuplicateOrder as exc:
@@ -204,9 +220,13 @@ class OrderService:
             return BuyResult(BuyOutcome.SHORT, price=price, available=exc.available)
         except TooManyActiveOrders:
             return BuyResult(BuyOutcome.TOO_MANY)
+        except TooManyRecentOrders:
+            return BuyResult(BuyOutcome.TOO_FAST)
         except UserBanned:
             return BuyResult(BuyOutcome.BANNED)
         log.info("order %s user %s: buying %s/%s", order.id, user_id, country_id, service_id)
+        if card_message_id is not None:
+            await self._db.orders.set_message(order.id, card_message_id, None)
         return await self._get_number(order, multiple_sms)
 
     async def _get_number(self, order: Order, multiple_sms: bool) -> BuyResult:

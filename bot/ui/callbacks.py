@@ -48,11 +48,13 @@ class ServiceCb(CallbackData, prefix="s"):
 
 
 class BuyCb(CallbackData, prefix="b"):
-    """The quote travels with the button: `cost` is the provider cost shown, in minor units."""
+    """The quote travels with the button, in minor units: `cost` is the provider cost
+    (get-number's maxPrice), `price` what the confirm screen showed the user."""
 
     country: int
     service: int
     cost: int
+    price: int
     multi: bool = False
 
 

@@ -1,12 +1,9 @@
-"""Inline keyboards.
+"""Inline keyboards, built with aiogram's InlineKeyboardBuilder.
 
-Built as plain rows rather than with aiogram's InlineKeyboardBuilder: the builder deep-copies
-the whole keyboard (pydantic models) on every added button, which made a 20-button country
-page cost ~2-4 ms of CPU per click (bench/menu.py). `_Keyboard` keeps the builder's
-`button()`/`adjust()` shape and row semantics without the copies.
-
-Menus repeat, so the navigation keyboards are also memoised (LRU) by everything they show
-and the current locale. A keyboard is never modified once built: aiogram only serialises it.
+Menus repeat, so the navigation keyboards are memoised (LRU) by everything they show and
+the current locale: the builder copies its buttons on every add, ~2 ms for a country page
+(bench/menu.py), paid once per distinct page instead of on every click. A keyboard is never
+modified once built: aiogram only serialises it.
 """
 
 from __future__ import annotations
@@ -18,9 +15,10 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from aiogram.filters.callback_data import CallbackData
-from aiogram.types import InlineKeyboardButton, InlineKeyboardMarkup
+from aiogram.types import InlineKeyboardMarkup
 from aiogram.utils.i18n import get_i18n
 from aiogram.utils.i18n import gettext as _
+from aiogram.utils.keyboard import InlineKeyboardBuilder
 
 from bot.services.catalogue import CountryItem, ServiceItem
 from bot.services.money import format_money
@@ -67,35 +65,19 @@ def paginate(items: Sequence[T], page: int, size: int) -> tuple[Sequence[T], Pag
     return items[page * size : (page + 1) * size], Page(page, count)
 
 
-class _Keyboard:
-    """The subset of InlineKeyboardBuilder used here: button(), adjust(), as_markup()."""
-
-    __slots__ = ("_buttons", "_sizes")
-
-    def __init__(self) -> None:
-        self._buttons: list[InlineKeyboardButton] = []
-        self._sizes: tuple[int, ...] = (8,)  # the builder's default: up to 8 per row
-
-    def button(self, *, text: str, callback_data: CallbackData) -> None:
-        self._buttons.append(InlineKeyboardButton(text=text, callback_data=callback_data.pack()))
-
-    def adjust(self, *sizes: int) -> None:
-        """Rows of the given sizes in order, the last size repeated (as the builder)."""
-        if any(not 1 <= size <= 8 for size in sizes):
-            raise ValueError(f"row sizes must be within 1..8, got {sizes}")
-        self._sizes = sizes or (8,)
-
-    def as_markup(self) -> InlineKeyboardMarkup:
-        if len(self._buttons) > 100:  # Telegram's limit, which the builder enforced too
-            raise ValueError(f"too many buttons: {len(self._buttons)} > 100")
-        rows: list[list[InlineKeyboardButton]] = []
-        start, index = 0, 0
-        while start < len(self._buttons):
-            size = self._sizes[min(index, len(self._sizes) - 1)]
-            rows.append(self._buttons[start : start + size])
-            start += size
-            index += 1
-        return InlineKeyboardMarkup(inline_keyboard=rows)
+def _pager(kb: InlineKeyboardBuilder, pg: Page, to_page: Callable[[int], CallbackData]) -> int:
+    """‹ Back, n/N, Next ›: the buttons a page needs; returns how many it added."""
+    added = 0
+    if pg.has_prev:
+        kb.button(text="‹ " + _("Back"), callback_data=to_page(pg.number - 1))
+        added += 1
+    if pg.count > 1:
+        kb.button(text=f"{pg.number + 1}/{pg.count}", callback_data=to_page(pg.number))
+        added += 1
+    if pg.has_next:
+        kb.button(text=_("Next") + " ›", callback_data=to_page(pg.number + 1))
+        added += 1
+    return added
 
 
 _memo: OrderedDict[tuple[Hashable, ...], InlineKeyboardMarkup] = OrderedDict()
@@ -136,7 +118,7 @@ def _per_locale(build: Callable[[], InlineKeyboardMarkup]) -> Callable[[], Inlin
 
 @_per_locale
 def main_menu() -> InlineKeyboardMarkup:
-    kb = _Keyboard()
+    kb = InlineKeyboardBuilder()
     kb.button(text=_("📱 Buy number"), callback_data=MenuCb(action=MenuAction.BUY))
     kb.button(text=_("📋 My orders"), callback_data=MenuCb(action=MenuAction.ORDERS))
     kb.button(text=_("💰 Balance"), callback_data=MenuCb(action=MenuAction.BALANCE))
@@ -145,20 +127,20 @@ def main_menu() -> InlineKeyboardMarkup:
     return kb.as_markup()
 
 
-def _home_button(kb: _Keyboard) -> None:
+def _home_button(kb: InlineKeyboardBuilder) -> None:
     kb.button(text=_("🏠 Menu"), callback_data=MenuCb(action=MenuAction.HOME))
 
 
 @_per_locale
 def back_to_menu() -> InlineKeyboardMarkup:
-    kb = _Keyboard()
+    kb = InlineKeyboardBuilder()
     _home_button(kb)
     return kb.as_markup()
 
 
 @_per_locale
 def after_no_numbers() -> InlineKeyboardMarkup:
-    kb = _Keyboard()
+    kb = InlineKeyboardBuilder()
     kb.button(text="🌍 " + _("Another country"), callback_data=MenuCb(action=MenuAction.BUY))
     _home_button(kb)
     kb.adjust(1)
@@ -166,42 +148,40 @@ def after_no_numbers() -> InlineKeyboardMarkup:
 
 
 def countries(
-    items: Sequence[CountryItem], page: int, currency: str, locale: str, *, filtered: bool
+    items: Sequence[CountryItem],
+    page: int,
+    price_of: Callable[[int], int],
+    currency: str,
+    locale: str,
+    *,
+    filtered: bool,
 ) -> InlineKeyboardMarkup:
+    """`price_of`: what the user pays for a provider cost (the markup in shop mode)."""
     shown, pg = paginate(items, page, COUNTRIES_PER_PAGE)
-    key = ("countries", tuple(shown), pg, currency, locale, filtered)
-    return _memoized(key, lambda: _countries(shown, pg, currency, locale, filtered=filtered))
+    prices = tuple(None if i.min_cost is None else price_of(i.min_cost) for i in shown)
+    key = ("countries", tuple(shown), prices, pg, currency, locale, filtered)
+    return _memoized(
+        key, lambda: _countries(shown, prices, pg, currency, locale, filtered=filtered)
+    )
 
 
 def _countries(
-    shown: Sequence[CountryItem], pg: Page, currency: str, locale: str, *, filtered: bool
+    shown: Sequence[CountryItem],
+    prices: Sequence[int | None],
+    pg: Page,
+    currency: str,
+    locale: str,
+    *,
+    filtered: bool,
 ) -> InlineKeyboardMarkup:
-    kb = _Keyboard()
-    for item in shown:
+    kb = InlineKeyboardBuilder()
+    for item, price in zip(shown, prices, strict=True):
         label = f"{item.flag} {item.title_in(locale)}"
-        if item.min_cost is not None:
-            label += " · " + _("from {price}").format(price=format_money(item.min_cost, currency))
+        if price is not None:
+            label += " · " + _("from {price}").format(price=format_money(price, currency))
         kb.button(text=label, callback_data=CountryCb(country=item.id))
     sizes = [2] * (len(shown) // 2) + [1] * (len(shown) % 2)
-    nav = 0
-    if pg.has_prev:
-        kb.button(
-            text="‹ " + _("Back"),
-            callback_data=CountryPageCb(page=pg.number - 1, filtered=filtered),
-        )
-        nav += 1
-    if pg.count > 1:
-        kb.button(
-            text=f"{pg.number + 1}/{pg.count}",
-            callback_data=CountryPageCb(page=pg.number, filtered=filtered),
-        )
-        nav += 1
-    if pg.has_next:
-        kb.button(
-            text=_("Next") + " ›",
-            callback_data=CountryPageCb(page=pg.number + 1, filtered=filtered),
-        )
-        nav += 1
+    nav = _pager(kb, pg, lambda n: CountryPageCb(page=n, filtered=filtered))
     _home_button(kb)
     kb.adjust(*sizes, *([nav] if nav else []), 1)
     return kb.as_markup()
@@ -233,57 +213,39 @@ def _services(
     *,
     filtered: bool,
 ) -> InlineKeyboardMarkup:
-    kb = _Keyboard()
+    kb = InlineKeyboardBuilder()
     for item, minor in zip(shown, prices, strict=True):
         price = format_money(minor, currency)
         kb.button(
             text=f"{item.title} · {price} · {item.count}",
             callback_data=ServiceCb(country=country_id, service=item.id),
         )
-    nav = 0
-    if pg.has_prev:
-        kb.button(
-            text="‹ " + _("Back"),
-            callback_data=ServicePageCb(country=country_id, page=pg.number - 1, filtered=filtered),
-        )
-        nav += 1
-    if pg.count > 1:
-        kb.button(
-            text=f"{pg.number + 1}/{pg.count}",
-            callback_data=ServicePageCb(country=country_id, page=pg.number, filtered=filtered),
-        )
-        nav += 1
-    if pg.has_next:
-        kb.button(
-            text=_("Next") + " ›",
-            callback_data=ServicePageCb(country=country_id, page=pg.number + 1, filtered=filtered),
-        )
-        nav += 1
+    nav = _pager(kb, pg, lambda n: ServicePageCb(country=country_id, page=n, filtered=filtered))
     kb.button(text="↩ " + _("Countries"), callback_data=MenuCb(action=MenuAction.BUY))
     kb.adjust(*([1] * len(shown)), *([nav] if nav else []), 1)
     return kb.as_markup()
 
 
-def confirm(country_id: int, service_id: int, cost: int, *, multi: bool) -> InlineKeyboardMarkup:
-    """Buy; `multi` (MULTIPLE_SMS): every number takes several SMS. Otherwise a second
-    button lets the user ask for that (Another code on the card)."""
-    kb = _Keyboard()
-    kb.button(
-        text="✅ " + _("Buy"),
-        callback_data=BuyCb(country=country_id, service=service_id, cost=cost, multi=multi),
-    )
+def confirm(
+    country_id: int, service_id: int, cost: int, price: int, *, multi: bool
+) -> InlineKeyboardMarkup:
+    """Buy with the quote (provider cost and the price shown); `multi` (MULTIPLE_SMS):
+    every number takes several SMS, otherwise a second button lets the user ask for it."""
+
+    def buy(several: bool) -> BuyCb:
+        return BuyCb(country=country_id, service=service_id, cost=cost, price=price, multi=several)
+
+    kb = InlineKeyboardBuilder()
+    kb.button(text="✅ " + _("Buy"), callback_data=buy(multi))
     if not multi:
-        kb.button(
-            text="🔁 " + _("Buy (several SMS)"),
-            callback_data=BuyCb(country=country_id, service=service_id, cost=cost, multi=True),
-        )
+        kb.button(text="🔁 " + _("Buy (several SMS)"), callback_data=buy(True))
     kb.button(text="↩ " + _("Services"), callback_data=ServicePageCb(country=country_id, page=0))
     kb.adjust(1)
     return kb.as_markup()
 
 
 def order_card(order: Order) -> InlineKeyboardMarkup | None:
-    kb = _Keyboard()
+    kb = InlineKeyboardBuilder()
     if order.status is OrderStatus.WAITING:
         kb.button(
             text="✖ " + _("Cancel"),
@@ -306,7 +268,7 @@ def order_card(order: Order) -> InlineKeyboardMarkup | None:
 
 
 def orders_list(open_orders: Sequence[Order]) -> InlineKeyboardMarkup:
-    kb = _Keyboard()
+    kb = InlineKeyboardBuilder()
     for order in open_orders:
         kb.button(
             text=f"#{order.id} {order.service_title}",
@@ -319,7 +281,7 @@ def orders_list(open_orders: Sequence[Order]) -> InlineKeyboardMarkup:
 
 @_per_locale
 def languages() -> InlineKeyboardMarkup:
-    kb = _Keyboard()
+    kb = InlineKeyboardBuilder()
     for code, label in LANGUAGES:
         kb.button(text=label, callback_data=LanguageCb(code=code))
     kb.adjust(2)

@@ -37,7 +37,12 @@ class Menus:
         if not items:
             return Screen(texts.no_countries(), keyboards.back_to_menu())
         markup = keyboards.countries(
-            items, page, self._settings.currency, locale, filtered=bool(query)
+            items,
+            page,
+            self._pricing.price,
+            self._settings.currency,
+            locale,
+            filtered=bool(query),
         )
         return Screen(texts.choose_country(len(items), query), markup)
 
@@ -76,6 +81,7 @@ class Menus:
             offer.country.id,
             offer.service.id,
             offer.service.cost,
+            price,
             multi=self._settings.multiple_sms,
         )
         return Screen(text, markup)
