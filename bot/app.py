@@ -140,6 +140,7 @@ async def build_app(settings: Settings) -> App:
     dp = Dispatcher(storage=MemoryStorage())
     in_flight = InFlight()
     users = UserService(settings, db, client)
+    users.on_returned = orders.user_returned
     setup_middlewares(dp, users=users, access=access, i18n=i18n, in_flight=in_flight)
     dp.include_routers(*get_routers(settings))
     app = App(

@@ -65,6 +65,9 @@ class UserAccess(BaseMiddleware):
         tg_user: TgUser | None = data.get("event_from_user")
         if tg_user is None or tg_user.is_bot:
             return None
+        if isinstance(event, Update) and event.my_chat_member is not None:
+            # Blocked or unblocked: no access check, and it must not count as a return.
+            return await handler(event, data)
         user = await self._users.touch(tg_user.id, tg_user.language_code)
         locale = pick_locale(user.language, tg_user.language_code)
         data["user"] = user

@@ -505,6 +505,35 @@ async def test_blocked_user_keeps_the_code_while_another_user_is_served(
     assert telegram.errors == []
 
 
+async def test_code_held_while_blocked_goes_out_when_the_user_returns(
+    telegram: FakeTelegram, smsman: FakeSmsMan, bot_settings: SettingsFactory
+) -> None:
+    async with running(bot_settings()) as app:
+        ann = telegram.user(1)
+        card = await buy(ann)
+        telegram.block(1)  # Telegram tells the bot with a my_chat_member update
+
+        async def blocked() -> bool:
+            user = await app.db.users.get(1)
+            return user is not None and user.blocked
+
+        await wait_until(blocked, timeout=5)
+        sends_before = len(telegram.calls_to("sendMessage"))
+        arrive(smsman, request_of(smsman, card.text), "565656")
+        order = await only_order(app, 1)
+
+        async def stored() -> bool:
+            return bool(await app.db.orders.codes_of(order.id))
+
+        await wait_until(stored, timeout=5)
+        await asyncio.sleep(0.5)
+        assert len(telegram.calls_to("sendMessage")) == sends_before, "no push while blocked"
+        telegram.unblock(1)
+        await ann.wait_for("565656", predicate=lambda m: m.text.startswith("🔔"), timeout=5)
+        assert len(code_messages(ann, "565656")) == 1
+    assert telegram.errors == []
+
+
 async def test_other_400_on_the_code_message_is_logged_not_looped(
     telegram: FakeTelegram,
     smsman: FakeSmsMan,

@@ -515,6 +515,12 @@ class OrderService:
                 retry |= await self.deliver(code) is Outcome.UNAVAILABLE
         return not retry
 
+    async def user_returned(self, user_id: int) -> None:
+        """A user unblocked the bot: their codes held back meanwhile go out on the next step."""
+        for code, order in await self._db.codes.undelivered():
+            if order.user_id == user_id and self.on_undelivered is not None:
+                self.on_undelivered(code.order_id)
+
     async def orders_with_undelivered_codes(self) -> set[int]:
         return {code.order_id for code, _order in await self._db.codes.undelivered()}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from bot.settings import Settings
@@ -22,6 +23,7 @@ class UserService:
         self._settings = settings
         self._db = db
         self._client = client
+        self.on_returned: Callable[[int], Awaitable[None]] | None = None
 
     async def touch(self, user_id: int, language_code: str | None) -> User:
         """The user's row; first sight stores their language, a message unblocks them."""
@@ -29,9 +31,16 @@ class UserService:
         if user is None:
             user = await self._db.users.upsert(user_id, pick_locale(None, language_code))
         if user.blocked:
-            await self._db.users.set_blocked(user_id, False)
+            await self.set_blocked(user_id, False)
             user = await self._db.users.get(user_id) or user
         return user
+
+    async def set_blocked(self, user_id: int, blocked: bool) -> None:
+        """Telegram's my_chat_member (or a message) says whether they blocked the bot; on
+        their return, codes held back while they were away go out."""
+        changed = await self._db.users.set_blocked(user_id, blocked)
+        if changed and not blocked and self.on_returned is not None:
+            await self.on_returned(user_id)
 
     async def set_language(self, user_id: int, locale: str) -> bool:
         if locale not in SUPPORTED_LOCALES:
