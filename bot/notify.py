@@ -50,16 +50,14 @@ class Notifier:
         on_blocked: OnBlocked | None = None,
         *,
         attempts: int = 5,
-        max_retry_after: float = 60.0,
         backoff: float = 0.5,
     ) -> None:
-        """429: wait `retry_after` and try again, `attempts` calls in all, and give up at
-        once (UNAVAILABLE) when Telegram asks for more than `max_retry_after` seconds.
-        Network errors and 5xx: `attempts` calls with exponential waits from `backoff`."""
+        """Network errors and 5xx: `attempts` calls with exponential waits from `backoff`.
+        429 is waited out, bounded, by the session's RetryAfter middleware (bot/flood.py);
+        a 429 that still reaches here is reported UNAVAILABLE for a later try."""
         self._bot = bot
         self._on_blocked = on_blocked
         self._attempts = attempts
-        self._max_retry_after = max_retry_after
         self._backoff = backoff
 
     async def send(
@@ -91,11 +89,11 @@ class Notifier:
             try:
                 return Result(Outcome.OK, await call())
             except TelegramRetryAfter as exc:
-                if exc.retry_after > self._max_retry_after or attempt == self._attempts:
-                    log.warning("%s to chat %s: flood control outlasts us", what, chat_id)
-                    return Result(Outcome.UNAVAILABLE)
-                log.info("%s to chat %s: 429, waiting %ss", what, chat_id, exc.retry_after)
-                await asyncio.sleep(exc.retry_after)
+                # The session's RetryAfter middleware (bot/flood.py) already waited and
+                # tried again; what is left is longer flood control: not delivered now,
+                # the caller tries again later (the poller redelivers codes).
+                log.warning("%s to chat %s: flood control for %ss", what, chat_id, exc.retry_after)
+                return Result(Outcome.UNAVAILABLE)
             except TelegramForbiddenError:
                 log.info("%s to chat %s: the user blocked the bot", what, chat_id)
                 if self._on_blocked is not None:

@@ -11,6 +11,7 @@ from aiogram.client.default import DefaultBotProperties
 from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
 
+from bot.flood import RetryAfter
 from bot.notify import Notifier, Outcome
 from tests.fakes.telegram import FakeTelegram
 
@@ -19,7 +20,9 @@ pytestmark = pytest.mark.asyncio
 
 @pytest.fixture
 async def bot(telegram: FakeTelegram) -> AsyncIterator[Bot]:
+    """Built like bot/app.py does: 429 is waited out by the session middleware."""
     session = AiohttpSession(api=TelegramAPIServer.from_base(telegram.url))
+    session.middleware(RetryAfter(attempts=2, max_wait=60))
     bot = Bot(telegram.token, session=session, default=DefaultBotProperties(parse_mode="HTML"))
     try:
         yield bot
@@ -46,14 +49,14 @@ async def test_429_is_bounded_in_attempts_and_in_patience(telegram: FakeTelegram
     telegram.user(1, started=True)
     telegram.fail_next("sendMessage", chat_id=1, status=429, retry_after=100, times=1)
     started = time.monotonic()
-    result = await Notifier(bot, max_retry_after=60).send(1, "hello")
+    result = await Notifier(bot).send(1, "hello")
     assert result.outcome is Outcome.UNAVAILABLE and time.monotonic() - started < 1.0
     assert sends(telegram) == 1, "a wait beyond our patience is not waited"
 
     telegram.fail_next("sendMessage", chat_id=1, status=429, retry_after=1, times=5)
-    result = await Notifier(bot, attempts=2).send(1, "hello")
+    result = await Notifier(bot).send(1, "hello")
     assert result.outcome is Outcome.UNAVAILABLE
-    assert sends(telegram) == 3, "two attempts, no more"
+    assert sends(telegram) == 3, "two attempts, no more (one was spent above)"
 
 
 async def test_403_marks_blocked_once_and_does_not_retry(telegram: FakeTelegram, bot: Bot) -> None:
