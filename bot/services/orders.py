@@ -265,16 +265,30 @@ class OrderService:
             next_poll_at=next_poll,
         )
         if not stored:  # pragma: no cover - only the buyer moves a purchasing order
-            log.error("order %s: left purchasing before its number was stored", order.id)
+            log.error(
+                "order %s user %s: left purchasing before its number was stored",
+                order.id,
+                order.user_id,
+            )
             return BuyResult(BuyOutcome.FAILED)
-        log.info("order %s: number bought, request %s", order.id, number.request_id)
+        log.info(
+            "order %s user %s: number bought, request %s",
+            order.id,
+            order.user_id,
+            number.request_id,
+        )
         self._schedule(order.id, next_poll)
         fresh = await self._db.orders.get(order.id)
         return BuyResult(BuyOutcome.BOUGHT, fresh)
 
     async def _fail(self, order: Order, why: str) -> None:
         if await self._db.orders.mark_failed(order.id):
-            log.info("order %s: purchase failed (%s); hold released", order.id, why)
+            log.info(
+                "order %s user %s: purchase failed (%s); hold released",
+                order.id,
+                order.user_id,
+                why,
+            )
 
     # -- user actions --------------------------------------------------------------------
 
@@ -338,11 +352,13 @@ class OrderService:
             except ProviderUnavailable:
                 return ActionResult(ActionOutcome.TRY_LATER, order)
             except SmsManError as exc:
-                log.warning("order %s: retrysms refused: %s", order.id, exc.code)
+                log.warning(
+                    "order %s user %s: retrysms refused: %s", order.id, order.user_id, exc.code
+                )
                 return ActionResult(ActionOutcome.NOT_ALLOWED, order)
             next_poll = self.clock() + self._settings.sms_poll_interval
             await self._db.orders.request_more(order.id, next_poll_at=next_poll)
-            log.info("order %s: another code asked for (retrysms)", order.id)
+            log.info("order %s user %s: another code asked for (retrysms)", order.id, order.user_id)
             self._schedule(order.id, next_poll)
         return ActionResult(ActionOutcome.DONE, await self._db.orders.get(order.id))
 
@@ -409,12 +425,16 @@ class OrderService:
         """SMS-Man forgot the request: it ends here, refunded only if no code came."""
         if order.status is OrderStatus.WAITING:
             if await self._db.orders.expire(order.id, now=self.clock()):
-                log.info("order %s: request gone at SMS-Man; expired, hold released", order.id)
+                log.info(
+                    "order %s user %s: request gone at SMS-Man; expired, hold released",
+                    order.id,
+                    order.user_id,
+                )
                 await self._tell_expired(order)
         elif order.status is OrderStatus.RECEIVED and await self._db.orders.finish(
             order.id, now=self.clock()
         ):
-            log.info("order %s: request gone at SMS-Man; finished", order.id)
+            log.info("order %s user %s: request gone at SMS-Man; finished", order.id, order.user_id)
         await self.refresh_card(order.id)
 
     async def expire_due(self, order_id: int) -> PollOutcome:
@@ -448,7 +468,9 @@ class OrderService:
         try:
             await self._client.set_status(order.request_id, Status.REJECT)
         except WrongStatus:
-            log.info("order %s: reject refused, looking for a code", order.id)
+            log.info(
+                "order %s user %s: reject refused, looking for a code", order.id, order.user_id
+            )
             outcome, failed = await self._poll(order)
             if outcome is PollOutcome.WAITING:
                 return PollOutcome.RETRY, False
@@ -458,7 +480,12 @@ class OrderService:
         now = self.clock()
         moved = self._db.orders.expire if expire else self._db.orders.cancel
         if await moved(order.id, now=now):
-            log.info("order %s: %s, hold released", order.id, "expired" if expire else "cancelled")
+            log.info(
+                "order %s user %s: %s, hold released",
+                order.id,
+                order.user_id,
+                "expired" if expire else "cancelled",
+            )
             if expire:
                 await self._tell_expired(order)
         await self.refresh_card(order.id)
@@ -471,7 +498,7 @@ class OrderService:
         except (WrongStatus, RequestGone):
             pass  # SMS-Man already ended it; we only record the end
         if await self._db.orders.finish(order.id, now=self.clock()):
-            log.info("order %s: finished", order.id)
+            log.info("order %s user %s: finished", order.id, order.user_id)
         await self.refresh_card(order.id)
 
     async def _tell_expired(self, order: Order) -> None:
