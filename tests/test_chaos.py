@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import itertools
 import random
+import re
 import time
 from collections import Counter
 from decimal import Decimal
@@ -197,6 +198,9 @@ async def test_chaos_nothing_lost(tmp_path: Path) -> None:
         finally:
             await db.close()
         log = bot.log_text()
+        # One line per event, naming the order and its user.
+        delivered = [line for line in log.splitlines() if ": code delivered" in line]
+        assert delivered and all(re.search(r"order \d+ user \d+: code", line) for line in delivered)
         assert telegram.token not in log and telegram.token.split(":")[1] not in log
         assert smsman.token not in log
         assert _unexpected_errors(telegram, chaos) == []
