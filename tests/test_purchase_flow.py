@@ -12,29 +12,11 @@ from storage.models import OrderStatus
 from tests.conftest import running
 from tests.fakes.smsman import FakeSmsMan
 from tests.fakes.telegram import FakeTelegram
+from tests.flows import labels, reach_confirm
 
 pytestmark = pytest.mark.asyncio
 
 SettingsFactory = Callable[..., Settings]
-
-
-async def wait_button(user, label: str):  # type: ignore[no-untyped-def]
-    return await user.wait_for(predicate=lambda m: any(label in b for b in _labels(m)))
-
-
-async def reach_confirm(user, country: str = "Russia", service: str = "Telegram") -> None:  # type: ignore[no-untyped-def]
-    await user.send("/start")
-    await wait_button(user, "Buy number")
-    await user.click("Buy number")
-    await wait_button(user, country)
-    await user.click(country)
-    await wait_button(user, service)
-    await user.click(service)
-    await user.wait_for("Check your order")
-
-
-def _labels(message) -> list[str]:  # type: ignore[no-untyped-def]
-    return [label for row in message.buttons for label, _data in row]
 
 
 async def test_start_menu_and_commands(
@@ -43,8 +25,8 @@ async def test_start_menu_and_commands(
     async with running(bot_settings()):
         user = telegram.user(1)
         await user.send("/start")
-        menu = await user.wait_for(predicate=lambda m: any("Buy" in b for b in _labels(m)))
-        assert {"📋 My orders", "💰 Balance", "❓ Help"} <= set(_labels(menu))
+        menu = await user.wait_for(predicate=lambda m: any("Buy" in b for b in labels(m)))
+        assert {"📋 My orders", "💰 Balance", "❓ Help"} <= set(labels(menu))
         commands = telegram.calls_to("setMyCommands")
         assert commands, "commands were registered"
         names = {c["command"] for c in commands[0].params["commands"]}
@@ -62,7 +44,7 @@ async def test_whole_path_to_a_number_and_cancel(
         assert "Telegram" in confirm.text and "Russia" in confirm.text
         await user.click("Buy")
         card = await user.wait_for("Number: +")
-        assert "Cancel" in " ".join(_labels(card))
+        assert "Cancel" in " ".join(labels(card))
         calls = smsman.calls_to("get-number")
         assert len(calls) == 1
         assert calls[0].http_method == "POST"
@@ -92,20 +74,21 @@ async def test_last_of_150_countries_by_paging_and_by_typing(
         await user.send("/buy")
         page = await user.wait_for("Pick a country")
         for _ in range(30):
-            if any("Zanzibar Last" in label for label in _labels(page)):
+            if any("Zanzibar Last" in label for label in labels(page)):
                 break
-            before = _labels(page)
+            before = labels(page)
             await user.click("›", message_id=page.message_id)
             page = await user.wait_for(
-                predicate=lambda m, before=before, mid=page.message_id: m.message_id == mid
-                and _labels(m) != before
+                predicate=lambda m, before=before, mid=page.message_id: (
+                    m.message_id == mid and labels(m) != before
+                )
             )
-        assert any("Zanzibar Last" in label for label in _labels(user.last))
+        assert any("Zanzibar Last" in label for label in labels(user.last))
         assert len(user.messages) == 1, "pagination edits the same message"
 
         await user.send("zanzibar")
         found = await user.wait_for("matching", new_only=True)
-        assert any("Zanzibar Last" in label for label in _labels(found))
+        assert any("Zanzibar Last" in label for label in labels(found))
         await user.click("Zanzibar Last", message_id=found.message_id)
         await user.wait_for("pick a service")
     assert telegram.errors == []
@@ -185,7 +168,7 @@ async def test_no_numbers_leaves_no_active_order(
         smsman.fail_next("get-number", "rate_limit")
         await user.click("Buy")
         answer = await user.wait_for("No numbers left")
-        assert "Another country" in " ".join(_labels(answer))
+        assert "Another country" in " ".join(labels(answer))
         orders = await app.db.orders.list_for_user(1)
         assert [o.status for o in orders] == [OrderStatus.FAILED]
     assert telegram.errors == []
@@ -233,4 +216,4 @@ async def test_my_orders_lists_waiting_and_finished_and_brings_a_card_back(
             predicate=lambda m: m.message_id > listing.message_id and "Number: +" in m.text
         )
         assert len(user.messages) == before + 1
-        assert "Cancel" in " ".join(_labels(card))
+        assert "Cancel" in " ".join(labels(card))

@@ -17,7 +17,8 @@ from bot.settings import Settings
 from storage.models import LedgerKind, Money, OrderStatus
 from tests.conftest import running
 from tests.fakes.smsman import FakeSmsMan
-from tests.fakes.telegram import FakeMessage, FakeTelegram, FakeUser
+from tests.fakes.telegram import FakeMessage, FakeTelegram
+from tests.flows import buy, reach_confirm, say
 
 pytestmark = pytest.mark.asyncio
 
@@ -27,41 +28,6 @@ ADMIN = 1000
 SHOP: dict[str, Any] = {"access_mode": "shop", "markup_percent": "12.5", "price_step": "1"}
 COST = 25_00
 PRICE = 29_00
-
-
-def labels(message: FakeMessage) -> list[str]:
-    return [label for row in message.buttons for label, _data in row]
-
-
-async def say(user: FakeUser, text: str, expect: str | None = None) -> FakeMessage:
-    """Send `text` and return the bot's next new message (containing `expect`)."""
-    await user.send(text)
-    return await user.wait_for(expect, new_only=True)
-
-
-async def reach_confirm(
-    user: FakeUser, country: str = "Russia", service: str = "Telegram"
-) -> FakeMessage:
-    menu = await say(user, "/start", "Hi")
-    here = menu.message_id  # every step edits this message
-
-    await user.click("Buy number", message_id=here)
-    await user.wait_for(predicate=lambda m: m.message_id == here and country in str(labels(m)))
-    await user.click(country, message_id=here)
-    await user.wait_for(predicate=lambda m: m.message_id == here and service in str(labels(m)))
-    await user.click(service, message_id=here)
-    return await user.wait_for(
-        predicate=lambda m: m.message_id == here and "Check your order" in m.text
-    )
-
-
-async def buy(user: FakeUser, country: str = "Russia", service: str = "Telegram") -> FakeMessage:
-    """Through the menus to a bought number; returns its order card."""
-    confirm = await reach_confirm(user, country, service)
-    await user.click("Buy", message_id=confirm.message_id)
-    return await user.wait_for(
-        predicate=lambda m: m.message_id == confirm.message_id and "Number: +" in m.text
-    )
 
 
 async def credit(telegram: FakeTelegram, user_id: int, amount: str) -> FakeMessage:
