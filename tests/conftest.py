@@ -16,6 +16,7 @@ from tests.fakes.smsman import FakeSmsMan
 from tests.fakes.telegram import FakeTelegram
 
 BOT_TOKEN = "123456:TEST-TOKEN-do-not-leak"
+RUN_FIGURES: list[str] = []  # lines a long test wants shown at the end of the run
 SMSMAN_TOKEN = "smsman-test-token-do-not-leak"
 
 
@@ -91,3 +92,11 @@ def bot_settings(
         return make_settings(tmp_path, telegram, smsman, **overrides)
 
     return factory
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Figures of long runs (the chaos test), printed whether or not output is captured."""
+    if RUN_FIGURES:
+        terminalreporter.section("figures")
+        for line in RUN_FIGURES:
+            terminalreporter.write_line(line)

@@ -23,6 +23,7 @@ import pytest
 from storage.db import Database
 from storage.models import LedgerKind, Money, OrderStatus
 from tests.botproc import BotProcess, buy, code_sends, wait_until
+from tests.conftest import RUN_FIGURES
 from tests.fakes.smsman import FAULT_KINDS, FakeSmsMan
 from tests.fakes.telegram import FakeTelegram, FakeUser
 
@@ -286,11 +287,16 @@ async def _check_books(
         refunds += kinds[LedgerKind.RELEASE]
     assert await db.wallet.check_invariant() == []
 
-    print(
-        "\nchaos:",
-        f"users={USERS} orders={len(orders)} codes handed out={len(smsman.handed_out)}",
-        f"codes delivered={delivered} refunds={refunds} restarts={len(chaos.kills)}",
-        f"provider faults={sum(smsman.faults_injected.values())}",
-        f"telegram 429s={len(telegram.injected)} actions={dict(chaos.actions)}",
-        f"statuses={dict(Counter(o.status.value for o in orders))}",
+    # Shown at the end of the pytest run (conftest's terminal summary), -s or not.
+    RUN_FIGURES.append(
+        " ".join(
+            [
+                f"chaos: users={USERS} orders={len(orders)}",
+                f"codes handed out={len(smsman.handed_out)} codes delivered={delivered}",
+                f"refunds={refunds} restarts={len(chaos.kills)}",
+                f"provider faults={sum(smsman.faults_injected.values())}",
+                f"telegram 429s={len(telegram.injected)} actions={dict(chaos.actions)}",
+                f"statuses={dict(Counter(o.status.value for o in orders))}",
+            ]
+        )
     )
