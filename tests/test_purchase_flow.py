@@ -26,7 +26,9 @@ async def test_start_menu_and_commands(
         user = telegram.user(1)
         await user.send("/start")
         menu = await user.wait_for(predicate=lambda m: any("Buy" in b for b in labels(m)))
-        assert {"📋 My orders", "💰 Balance", "❓ Help"} <= set(labels(menu))
+        assert {"📋 My orders", "💰 Balance", "❓ Help", "🌐 Language"} <= set(labels(menu))
+        await user.click("Language", message_id=menu.message_id)
+        await user.wait_for("Choose your language")
         commands = telegram.calls_to("setMyCommands")
         assert commands, "commands were registered"
         names = {c["command"] for c in commands[0].params["commands"]}

@@ -123,7 +123,8 @@ def main_menu() -> InlineKeyboardMarkup:
     kb.button(text=_("📋 My orders"), callback_data=MenuCb(action=MenuAction.ORDERS))
     kb.button(text=_("💰 Balance"), callback_data=MenuCb(action=MenuAction.BALANCE))
     kb.button(text=_("❓ Help"), callback_data=MenuCb(action=MenuAction.HELP))
-    kb.adjust(1, 2, 1)
+    kb.button(text=_("🌐 Language"), callback_data=MenuCb(action=MenuAction.LANGUAGE))
+    kb.adjust(1, 2, 2)
     return kb.as_markup()
 
 
