@@ -33,7 +33,6 @@ from tests.fakes.smsman import FakeSmsMan
 from tests.fakes.telegram import FakeTelegram
 
 if TYPE_CHECKING:
-    from bot.app import App
     from bot.settings import Settings
 
 BOT_TOKEN = "123456:BENCH-TOKEN-do-not-leak"
@@ -153,35 +152,6 @@ def bench_settings(folder: Path, telegram_url: str, smsman_url: str, **overrides
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
-
-
-@contextlib.asynccontextmanager
-async def running(settings: Settings) -> AsyncIterator[App]:
-    """The bot in this process, long polling the fake Telegram, until the block ends
-    (the same as tests/conftest.py `running`)."""
-    from bot.app import build_app
-
-    app = await build_app(settings)
-    task = asyncio.create_task(
-        app.dp.start_polling(
-            app.bot, handle_signals=False, close_bot_session=False, polling_timeout=1
-        )
-    )
-    try:
-        for _ in range(500):  # wait until startup is done and polling began
-            if app.dp._running_lock.locked() and app.poller._main is not None:
-                break
-            if task.done():
-                task.result()  # startup failed: raise its error
-            await asyncio.sleep(0.01)
-        else:
-            raise RuntimeError("the bot did not start polling within 5 s")
-        yield app
-    finally:
-        with contextlib.suppress(RuntimeError):
-            await app.dp.stop_polling()
-        await asyncio.wait_for(task, 10)
-        await app.close()
 
 
 async def wait_warm(smsman: FakeSmsMan, timeout: float = 30.0) -> float:

@@ -60,11 +60,11 @@ from bench._common import (
     percentile,
     pin_aiogram_responses,
     quiet_logs,
-    running,
     wait_warm,
 )
 from tests.fakes.smsman import FakeSmsMan
 from tests.fakes.telegram import Call, FakeMessage, FakeTelegram, FakeUser
+from tests.inprocess import running
 
 USER_BASE = 10_000  # simulated users are 10_001 .. 10_000 + K
 ANSWERS = frozenset(

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bot.app import App, build_app
 from bot.settings import Settings
 from tests.fakes.smsman import FakeSmsMan
 from tests.fakes.telegram import FakeTelegram
@@ -60,28 +57,6 @@ def make_settings(
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
-
-
-@contextlib.asynccontextmanager
-async def running(settings: Settings) -> AsyncIterator[App]:
-    """The bot in this process, long polling the fake Telegram, until the block ends."""
-    app = await build_app(settings)
-    task = asyncio.create_task(
-        app.dp.start_polling(
-            app.bot, handle_signals=False, close_bot_session=False, polling_timeout=1
-        )
-    )
-    try:
-        for _ in range(200):  # wait until startup is done and polling began
-            if app.dp._running_lock.locked() and app.poller._main is not None:
-                break
-            await asyncio.sleep(0.01)
-        yield app
-    finally:
-        with contextlib.suppress(RuntimeError):
-            await app.dp.stop_polling()
-        await asyncio.wait_for(task, 10)
-        await app.close()
 
 
 @pytest.fixture

@@ -9,9 +9,9 @@ from decimal import Decimal
 import pytest
 
 from bot.settings import Settings
-from tests.conftest import running
 from tests.fakes.smsman import FakeSmsMan
 from tests.fakes.telegram import FakeTelegram
+from tests.inprocess import running
 from tests.test_shop import ADMIN, SHOP, buy, credit, reach_confirm, say
 
 pytestmark = pytest.mark.asyncio

@@ -10,9 +10,9 @@ import pytest
 
 from bot.settings import Settings
 from storage.models import LedgerKind
-from tests.conftest import running
 from tests.fakes.smsman import FakeSmsMan
 from tests.fakes.telegram import FakeTelegram, FakeUser
+from tests.inprocess import running
 from tests.test_shop import ADMIN, SHOP, buy, credit, say
 
 pytestmark = pytest.mark.asyncio

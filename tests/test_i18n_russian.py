@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 import pytest
 
 from bot.settings import Settings
-from tests.conftest import running
 from tests.fakes.smsman import FakeSmsMan
 from tests.fakes.telegram import FakeMessage, FakeTelegram, FakeUser
 from tests.fakes.telegram_markup import inline_buttons
+from tests.inprocess import running
 
 pytestmark = pytest.mark.asyncio
 

@@ -26,9 +26,9 @@ from bot.settings import Settings
 from storage.db import Database
 from storage.errors import InsufficientFunds
 from storage.models import Money, Order, OrderStatus
-from tests.conftest import running
 from tests.fakes.smsman import TERMINAL, FakeSmsMan
 from tests.fakes.telegram import FakeTelegram
+from tests.inprocess import running
 from tests.test_shop import SHOP
 
 pytestmark = pytest.mark.asyncio

@@ -31,9 +31,9 @@ from tests.botproc import (
     set_status_calls,
     wait_until,
 )
-from tests.conftest import running
 from tests.fakes.smsman import FakeSmsMan
 from tests.fakes.telegram import FakeTelegram
+from tests.inprocess import running
 
 SettingsFactory = Callable[..., Settings]
 SHOP: dict[str, Any] = {"access_mode": "shop"}

@@ -9,10 +9,10 @@ import pytest
 
 from bot.settings import Settings
 from storage.models import OrderStatus
-from tests.conftest import running
 from tests.fakes.smsman import FakeSmsMan
 from tests.fakes.telegram import FakeTelegram
 from tests.flows import labels, reach_confirm
+from tests.inprocess import running
 
 pytestmark = pytest.mark.asyncio
 

@@ -15,10 +15,10 @@ import pytest
 from bot.app import App
 from bot.settings import Settings
 from storage.models import LedgerKind, Money, OrderStatus
-from tests.conftest import running
 from tests.fakes.smsman import FakeSmsMan
 from tests.fakes.telegram import FakeMessage, FakeTelegram
 from tests.flows import buy, reach_confirm, say
+from tests.inprocess import running
 
 pytestmark = pytest.mark.asyncio
 
