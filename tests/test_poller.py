@@ -21,6 +21,8 @@ import pytest
 from bot.app import App
 from bot.poller import Breaker, CircuitBreaker
 from bot.settings import Settings
+from sandbox.smsman import FakeSmsMan
+from sandbox.telegram import FakeTelegram
 from storage.models import LedgerKind, Money, OrderStatus
 from tests.botproc import (
     arrive,
@@ -31,8 +33,6 @@ from tests.botproc import (
     set_status_calls,
     wait_until,
 )
-from tests.fakes.smsman import FakeSmsMan
-from tests.fakes.telegram import FakeTelegram
 from tests.inprocess import running
 
 SettingsFactory = Callable[..., Settings]
