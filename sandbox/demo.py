@@ -44,6 +44,7 @@ class Demo:
             self._tmp = tempfile.TemporaryDirectory(prefix="smsman-sandbox-")
             workdir = Path(self._tmp.name)
         self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
         self.people: list[Identity] = identities(settings.admin_id, settings.user_id)
         self.smsman = SandboxSmsMan(
             settings.smsman_token,
