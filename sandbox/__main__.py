@@ -43,7 +43,8 @@ async def main() -> int:
     await asyncio.wait({bot_exit, stopped}, return_when=asyncio.FIRST_COMPLETED)
     stopped.cancel()
     code = 0
-    if bot_exit.done():
+    # Ctrl-C in a terminal reaches the bot too, which then stops cleanly (exit 0) by itself
+    if bot_exit.done() and not stop.is_set() and bot_exit.result() != 0:
         print("sandbox: the bot exited:\n" + demo.bot_log()[-2000:], file=sys.stderr)
         code = 1
     await demo.stop()

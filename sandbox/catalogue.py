@@ -123,7 +123,7 @@ SERVICES: tuple[tuple[str, str], ...] = (
 
 def country_codes(seed: int = 17) -> list[str]:
     """COUNTRY_COUNT ISO codes: the known ones first, then a fixed sample of CLDR's."""
-    territories = Locale("en").territories
+    territories = {str(k): str(v) for k, v in Locale("en").territories.items()}
     rest = sorted(
         code
         for code in territories
@@ -139,7 +139,7 @@ def country_codes(seed: int = 17) -> list[str]:
 def fill(fake: FakeSmsMan, *, seed: int = 17) -> None:
     """Put the whole catalogue, prices and stock into `fake` (RUB, two decimals)."""
     rng = random.Random(seed)
-    names = Locale("en").territories
+    names = {str(k): str(v) for k, v in Locale("en").territories.items()}
     next_id = max(KNOWN_COUNTRY_IDS.values()) + 1
     countries: list[int] = []
     for code in country_codes(seed):
