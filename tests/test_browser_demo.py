@@ -36,7 +36,6 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 NAV = re.compile(r"[‹›]|^\d+/\d+$|Countries|Menu|Back")
-pytestmark = pytest.mark.slow
 
 
 def _missing_browser() -> str | None:
@@ -117,6 +116,7 @@ async def wait_until(predicate: Any, timeout: float = 15.0) -> None:
         await asyncio.sleep(0.05)
 
 
+@pytest.mark.slow
 async def test_buy_get_code_cancel_and_refund_in_the_browser(browser: Any, tmp_path: Path) -> None:
     settings = SandboxSettings(
         port=0, code_delay="1-2", no_code_every=2, sms_poll_interval=0.3, credit=Decimal(1000)
@@ -199,8 +199,19 @@ async def test_buy_get_code_cancel_and_refund_in_the_browser(browser: Any, tmp_p
         assert "hold" not in (await balance.last.inner_text()).lower()
         await shot("refund-in-balance")
 
+        # Bob's Russian account, and Alice's admin commands
+        await page.click("button[data-lang=ru]")
+        await send(page, "/start")
+        await keyboard(page).get_by_role("button", name="Купить").first.wait_for()
+        await shot("russian")
+        await page.select_option("#person", "alice")
+        await page.click("button[data-lang=en]")
+        await send(page, "/stats")
+        await page.get_by_text("SMS-Man balance").first.wait_for()
+        await shot("admin-stats")
+
         assert not second.codes
-        assert len(shot.taken) == 10 and all(p.stat().st_size > 10_000 for p in shot.taken)
+        assert len(shot.taken) == 12 and all(p.stat().st_size > 10_000 for p in shot.taken)
         assert demo.telegram.errors == [], f"the bot caused Telegram errors: {demo.telegram.errors}"
         await page.close()
 
