@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
 OPERATOR_ID = 999  # a hidden admin account that gives the sandbox users their start credit
 READY_TIMEOUT = 60.0
+PASSED_THROUGH = frozenset(
+    {"PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "TZ", "VIRTUAL_ENV", "SYSTEMROOT"}
+)
 
 
 class DemoError(RuntimeError):
@@ -106,12 +109,10 @@ class Demo:
     # ------------------------------------------------------------------ the bot
 
     def bot_environment(self) -> dict[str, str]:
-        """Ours without any of the bot's settings (a real token in the shell stays out),
-        plus the sandbox's; every URL the bot is given is on loopback."""
-        from bot.settings import Settings  # the bot's own list of setting names
-
-        names = {name.upper() for name in Settings.model_fields}
-        env = {k: v for k, v in os.environ.items() if k.upper() not in names}
+        """Only what a Python process needs from ours, plus the sandbox's settings: no bot
+        setting from the shell (a real token, a webhook, a shared Redis) reaches the
+        sandboxed bot, and every URL it is given is on loopback."""
+        env = {k: v for k, v in os.environ.items() if k in PASSED_THROUGH}
         s = self.settings
         admins = [OPERATOR_ID, *(p.user_id for p in self.people if p.admin)]
         values = {

@@ -4,7 +4,11 @@ refusals, and the chat API the page talks to."""
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 from decimal import Decimal
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -12,6 +16,7 @@ from pydantic import ValidationError
 
 from sandbox import catalogue
 from sandbox.chat import ChatServer, identities
+from sandbox.demo import Demo, DemoError
 from sandbox.provider import SandboxSmsMan
 from sandbox.settings import SandboxSettings
 from sandbox.telegram import FakeTelegram
@@ -126,3 +131,45 @@ async def test_chat_api_sends_clicks_and_refuses_forged_buttons() -> None:
                 assert r.status == 404
     finally:
         await server.stop()
+
+
+def test_the_sandboxed_bot_gets_none_of_the_shells_bot_settings(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    real = "7012345678:AAHk3mZ-Qx9vT2bLr8WcYp4NdE6sJfU1oGi"
+    monkeypatch.setenv("BOT_TOKEN", real)
+    monkeypatch.setenv("SMSMAN_TOKEN", "a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6")
+    monkeypatch.setenv("WEBHOOK_URL", "https://example.org/telegram")
+    monkeypatch.setenv("REDIS_URL", "redis://10.0.0.5:6379/0")
+    demo = Demo(SandboxSettings(port=0), workdir=tmp_path)
+    demo.telegram._port = 18765  # as if started
+    demo.smsman.url = "http://127.0.0.1:18766/control"
+    env = demo.bot_environment()
+    assert env["BOT_TOKEN"] == demo.settings.bot_token != real
+    assert env["SMSMAN_TOKEN"] == demo.settings.smsman_token
+    assert "WEBHOOK_URL" not in env and "REDIS_URL" not in env
+    assert env["TELEGRAM_API_URL"] == "http://127.0.0.1:18765"
+    assert env["ACCESS_MODE"] == "shop"
+    assert env["DATABASE_URL"] == f"sqlite:///{tmp_path / 'bot.sqlite3'}"
+    admins = env["ADMIN_IDS"].split(",")
+    assert "1001" in admins and "1002" in admins and "2001" not in admins
+
+    demo.smsman.url = "http://203.0.113.9/control"  # never leaves the machine
+    with pytest.raises(DemoError):
+        demo.bot_environment()
+
+
+def test_python_m_sandbox_refuses_a_real_looking_token_with_one_line() -> None:
+    env = {**os.environ, "SANDBOX_BOT_TOKEN": "7012345678:AAHk3mZ-Qx9vT2bLr8WcYp4NdE6sJfU1oGi"}
+    result = subprocess.run(
+        [sys.executable, "-m", "sandbox"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("SANDBOX_BOT_TOKEN:"), result.stderr
+    assert "AAHk3mZ" not in result.stderr  # the token itself is not echoed
