@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,6 +107,7 @@ class ChatServer:
         app.router.add_get("/static/{name}", self._static)
         app.router.add_get("/api/identities", self._identities)
         app.router.add_get("/api/updates", self._updates)
+        app.router.add_get("/api/commands", self._commands)
         app.router.add_post("/api/send", self._send)
         app.router.add_post("/api/click", self._click)
         app.middlewares.append(_security_headers)
@@ -205,6 +207,24 @@ class ChatServer:
                 "messages": [message_json(m) for m in changed],
             }
         )
+
+    async def _commands(self, request: web.Request) -> web.Response:
+        """The bot's command menu for this chat, looked up as Telegram's clients do: the
+        narrowest scope first, the user's language before the default list."""
+        user = self._user(request.query.get("user"))
+        language = (user.language_code or "")[:2]
+        scopes = [
+            {"type": "chat", "chat_id": user.id},
+            {"type": "all_private_chats"},
+            {"type": "default"},
+        ]
+        for scope in scopes:
+            key = json.dumps(scope, sort_keys=True)
+            for lang in dict.fromkeys((language, "")):
+                commands = self.telegram.commands.get((key, lang))
+                if commands:
+                    return web.json_response(commands)
+        return web.json_response([])
 
     async def _body(self, request: web.Request) -> dict[str, Any]:
         try:

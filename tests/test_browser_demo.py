@@ -131,7 +131,11 @@ async def test_buy_get_code_cancel_and_refund_in_the_browser(browser: Any, tmp_p
 
         await send(page, "/start")
         await keyboard(page).get_by_role("button", name="Buy").first.wait_for()
+        await page.click("#menu")
+        await page.locator("#commands").get_by_text("/balance").wait_for()
+        assert await page.locator("#commands").get_by_text("/stats").count() == 0
         await shot("start")
+        await page.click("#menu")
 
         await press(page, "Buy")
         await keyboard(page).get_by_role("button", name="›").first.wait_for()
@@ -206,9 +210,13 @@ async def test_buy_get_code_cancel_and_refund_in_the_browser(browser: Any, tmp_p
         await shot("russian")
         await page.select_option("#person", "alice")
         await page.click("button[data-lang=en]")
+        await send(page, "/start")  # an admin's command list is set on their /start
+        await keyboard(page).get_by_role("button", name="Buy").first.wait_for()
         await send(page, "/stats")
         await page.get_by_text("SMS-Man balance").first.wait_for()
-        await shot("admin-stats")
+        await page.click("#menu")  # the bot's own command list for this chat
+        await page.locator("#commands").get_by_text("/credit").wait_for()
+        await shot("admin-stats-and-menu")
 
         assert not second.codes
         assert len(shot.taken) == 12 and all(p.stat().st_size > 10_000 for p in shot.taken)

@@ -3,18 +3,8 @@
 // formatting comes from Telegram's entities, so no message can inject markup.
 "use strict";
 
-const COMMANDS = [
-  ["/start", "main menu"],
-  ["/balance", "wallet"],
-  ["/orders", "my orders"],
-  ["/language", "language"],
-];
-const ADMIN_COMMANDS = [
-  ["/stats", "sales and the SMS-Man balance"],
-  ["/credit", "USER_ID AMOUNT"],
-  ["/user", "USER_ID"],
-  ["/markup", "[PERCENT|reset]"],
-];
+// Commands that need arguments go into the text box instead of being sent at once.
+const TAKES_ARGUMENTS = new Set(["credit", "debit", "user", "ban", "unban", "refund", "broadcast"]);
 
 const state = { people: [], person: "alice", lang: "en", seq: 0, poll: null, rows: new Map() };
 const $ = (id) => document.getElementById(id);
@@ -245,31 +235,39 @@ function showAlert(text) {
   $("alert").hidden = false;
 }
 
-function toggleCommands() {
+// The bot's own command menu (setMyCommands), as Telegram's Menu button shows it.
+async function toggleCommands() {
   const box = $("commands");
   if (!box.hidden) {
     box.hidden = true;
     return;
   }
+  const response = await fetch(`/api/commands?user=${encodeURIComponent(identity().key)}`);
+  const list = response.ok ? await response.json() : [];
   box.replaceChildren();
-  const list = identity().admin ? [...COMMANDS, ...ADMIN_COMMANDS] : COMMANDS;
-  for (const [command, hint] of list) {
+  if (!list.length) {
+    const none = document.createElement("div");
+    none.className = "hint none";
+    none.textContent = "The bot has set no commands yet.";
+    box.append(none);
+  }
+  for (const { command, description } of list) {
     const b = document.createElement("button");
     b.type = "button";
     const c = document.createElement("span");
     c.className = "cmd";
-    c.textContent = command;
+    c.textContent = `/${command}`;
     const h = document.createElement("span");
     h.className = "hint";
-    h.textContent = hint;
+    h.textContent = description;
     b.append(c, h);
     b.addEventListener("click", () => {
       box.hidden = true;
-      if (hint.includes("USER_ID") || hint.startsWith("[")) {
-        $("input").value = `${command} `;
+      if (TAKES_ARGUMENTS.has(command)) {
+        $("input").value = `/${command} `;
         $("input").focus();
       } else {
-        send(command).catch((e) => showToast(String(e.message || e)));
+        send(`/${command}`).catch((e) => showToast(String(e.message || e)));
       }
     });
     box.append(b);
