@@ -33,7 +33,7 @@ async def take(out: Path) -> None:
             browser = await pw.chromium.launch(
                 executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS
             )
-            page = await browser.new_page(viewport={"width": 760, "height": 820})
+            page = await browser.new_page(viewport={"width": 760, "height": 700})
             await page.goto(demo.url)
             await page.select_option("#person", "bob")
 
@@ -48,12 +48,16 @@ async def take(out: Path) -> None:
             await keyboard().get_by_role("button", name="Buy").first.click()
             await keyboard().get_by_role("button", name="Russia").first.click()
             await page.get_by_text("pick a service").last.wait_for()
-            await say("tele")
-            await page.wait_for_timeout(800)
-            await keyboard().get_by_role("button", name="Telegram").first.click()
+            telegram = keyboard().get_by_role("button", name="Telegram")
+            while not await telegram.count():  # page through the services, in place
+                await keyboard().get_by_role("button", name="›").first.click()
+                await page.wait_for_timeout(400)
+            await telegram.first.click()
             await keyboard().get_by_role("button", name="Buy").first.click()
             await keyboard().get_by_role("button", name="Cancel").first.wait_for()
             await page.get_by_text("Code for").last.wait_for(timeout=20_000)
+            await say("/balance")
+            await page.get_by_text("Your balance").last.wait_for()
             await page.wait_for_timeout(1500)  # the highlight of a new message fades
             await page.screenshot(path=str(out))
             await browser.close()
