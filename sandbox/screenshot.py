@@ -8,6 +8,7 @@ import asyncio
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from sandbox.demo import Demo
 from sandbox.settings import SandboxSettings
@@ -37,7 +38,7 @@ async def take(out: Path) -> None:
             await page.goto(demo.url)
             await page.select_option("#person", "bob")
 
-            def keyboard():  # type: ignore[no-untyped-def]
+            def keyboard() -> Any:
                 return page.locator(".row.in:has(.keyboard)").last.locator(".keyboard")
 
             async def say(text: str) -> None:
