@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from storage.models import Code, LedgerKind, LedgerRow, Money, Order, OrderStatus, User
 
-Row = tuple[Any, ...]
+Row = Sequence[Any]
 
 USER_COLUMNS = "id, language, first_seen, blocked, banned, balance"
 

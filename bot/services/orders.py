@@ -413,10 +413,7 @@ class OrderService:
         return PollOutcome.CODE, outcome is Outcome.UNAVAILABLE
 
     async def _store_code(self, order: Order, code: str) -> Code | None:
-        if order.status in (OrderStatus.CANCELLED, OrderStatus.EXPIRED):
-            stored = await self._db.orders.revive_with_code(order.id, code, now=self.clock())
-        else:
-            stored = await self._db.orders.add_code(order.id, code, now=self.clock())
+        stored = await self._db.orders.add_code(order.id, code, now=self.clock())
         if stored is not None:
             log.info("order %s user %s: code stored", order.id, order.user_id)
         return stored
