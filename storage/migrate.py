@@ -79,7 +79,9 @@ async def _upgrade_sqlite(conn: AsyncConnection, target: str) -> None:
 
 
 def _run(connection: Connection, target: str) -> None:
-    known = {script.revision for script in ScriptDirectory.from_config(alembic_config()).walk_revisions()}
+    known = {
+        script.revision for script in ScriptDirectory.from_config(alembic_config()).walk_revisions()
+    }
     current = current_revision(connection)
     if current is not None and current not in known:
         raise MigrationError(
@@ -134,9 +136,11 @@ def legacy_version(connection: Connection) -> int:
     ).first()
     if not exists:
         return 0
-    return int(connection.exec_driver_sql(
-        "SELECT COALESCE(MAX(version), 0) FROM schema_version"
-    ).scalar_one())
+    return int(
+        connection.exec_driver_sql(
+            "SELECT COALESCE(MAX(version), 0) FROM schema_version"
+        ).scalar_one()
+    )
 
 
 def apply_legacy_steps(connection: Connection, now: float) -> None:

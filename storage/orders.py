@@ -100,9 +100,7 @@ _INSERT_CODE = text(
     "INSERT INTO codes (order_id, code, received_at) VALUES (:order_id, :code, :now)"
     " ON CONFLICT (order_id, code) DO NOTHING RETURNING id"
 )
-_CLEAR_WANT_MORE = text(
-    "UPDATE orders SET want_more = 0, updated_at = :now WHERE id = :order_id"
-)
+_CLEAR_WANT_MORE = text("UPDATE orders SET want_more = 0, updated_at = :now WHERE id = :order_id")
 
 
 async def _add_code(conn: AsyncConnection, order_id: int, code: str, now: float) -> Code | None:

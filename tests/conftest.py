@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 import uuid
-from contextlib import asynccontextmanager
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
 
 from storage import (
     TRANSITIONS,
@@ -22,9 +24,6 @@ from storage import (
     TooManyActiveOrders,
     UserBanned,
 )
-from sqlalchemy import text
-from sqlalchemy.exc import IntegrityError
-
 from storage.migrate import apply_legacy_steps, head_revision, legacy_steps, split_statements
 from storage.models import LedgerKind, Money, Order, OrderStatus
 from storage.orders import _move
@@ -175,7 +174,9 @@ async def test_closed_database_refuses_calls(tmp_path: Path) -> None:
 def test_migrations_are_package_data() -> None:
     folder = resources.files("storage").joinpath("migrations")
     assert folder.joinpath("env.py").is_file()
-    versions = sorted(e.name for e in folder.joinpath("versions").iterdir() if e.name.endswith(".py"))
+    versions = sorted(
+        e.name for e in folder.joinpath("versions").iterdir() if e.name.endswith(".py")
+    )
     assert versions[0] == "0001_baseline.py"
     assert [step.version for step in legacy_steps()] == [1, 2]
     for step in legacy_steps():
