@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from storage import migrate as _migrate
 from storage.codes import Codes
 from storage.engine import Engines, database_path, make_engines
+from storage.fsm import FsmData
 from storage.kv import KeyValue
 from storage.orders import Orders
 from storage.stats import Stats
@@ -49,6 +50,7 @@ class Database:
         self.wallet = Wallet(self)
         self.kv = KeyValue(self)
         self.stats = Stats(self)
+        self.fsm = FsmData(self)
 
     @property
     def engine(self) -> AsyncEngine:

@@ -7,14 +7,18 @@ engines do alike: guarded `UPDATE ... WHERE status = ... RETURNING`, `UNIQUE` le
 a write transaction that first writes the row it depends on (`ledger.lock_user`), which on
 PostgreSQL takes that row's lock until COMMIT.
 
-Where they differ:
+Where they differ (and nowhere else):
 
-| | SQLite | PostgreSQL |
-|---|---|---|
-| write transaction | `BEGIN IMMEDIATE`: the file's write lock at BEGIN, so writers run one at a time (and one asyncio.Lock per process keeps them from waiting in the busy handler) | READ COMMITTED; concurrent writers of one user queue on that user's row lock (taken by `lock_user`'s UPDATE), other users' writes run in parallel |
-| consistent read (`read_snapshot`) | deferred `BEGIN` (WAL snapshot) | REPEATABLE READ |
-| durability | WAL, `synchronous=FULL`: a committed ledger row survives a power cut | the server's fsync |
-| connection setup | busy_timeout, WAL, foreign_keys, the driver's own BEGIN switched off | nothing |
+- Write transaction. SQLite: `BEGIN IMMEDIATE` takes the file's write lock at BEGIN, so
+  writers run one at a time (one asyncio.Lock per process queues them before the busy
+  handler would). PostgreSQL: READ COMMITTED; writers of one user queue on that user's row
+  lock (taken by `ledger.lock_user`'s UPDATE), other users' writes run in parallel.
+- Consistent read (`read_snapshot`). SQLite: deferred `BEGIN` (a WAL snapshot).
+  PostgreSQL: REPEATABLE READ.
+- Durability. SQLite: WAL with `synchronous=FULL`, so a committed ledger row survives a
+  power cut. PostgreSQL: the server's fsync.
+- Connection setup. SQLite: busy_timeout, WAL, foreign_keys, and the driver's own BEGIN
+  switched off. PostgreSQL: nothing.
 """
 
 from __future__ import annotations

@@ -5,15 +5,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Row, TextClause
+from sqlalchemy import TextClause
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 
-async def rows(conn: AsyncConnection, stmt: TextClause, **params: Any) -> Sequence[Row[Any]]:
+async def rows(conn: AsyncConnection, stmt: TextClause, **params: Any) -> Sequence[Sequence[Any]]:
     return (await conn.execute(stmt, params)).all()
 
 
-async def first(conn: AsyncConnection, stmt: TextClause, **params: Any) -> Row[Any] | None:
+async def first(conn: AsyncConnection, stmt: TextClause, **params: Any) -> Sequence[Any] | None:
     return (await conn.execute(stmt, params)).first()
 
 
