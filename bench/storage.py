@@ -45,11 +45,6 @@ async def sequential(count: int, op: Callable[[int], Awaitable[object]]) -> None
 
 
 async def bench(url: str) -> dict[str, float]:
-    # `storage` must be the tree's package, not this script (its folder is sys.path[0]).
-    here = Path(__file__).resolve().parent
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
-    sys.path.insert(0, os.environ["PYTHONPATH"].split(os.pathsep)[0])
-    sys.modules.pop("storage", None)
     from storage import Database
 
     db = await Database.open(Path(url) if "://" not in url else url)
@@ -197,6 +192,11 @@ def main() -> int:
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--worker"]:
+        # `storage` must be the tree's package, not this script (its folder is sys.path[0]).
+        here = Path(__file__).resolve().parent
+        sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
+        sys.path.insert(0, os.environ["PYTHONPATH"].split(os.pathsep)[0])
+        sys.modules.pop("storage", None)
         print(json.dumps(asyncio.run(bench(sys.argv[2]))))
     else:
         sys.exit(main())
