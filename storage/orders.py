@@ -372,11 +372,16 @@ class Orders:
         self, order_id: int, message_id: int | None, card_text: str | None
     ) -> bool:
         return await self._write_count(
-            _SET_MESSAGE, message_id=message_id, card_text=card_text, order_id=order_id
+            _SET_MESSAGE,
+            message_id=message_id,
+            card_text=rows.encode_card_text(card_text),
+            order_id=order_id,
         )
 
     async def set_card_text(self, order_id: int, card_text: str | None) -> bool:
-        return await self._write_count(_SET_CARD_TEXT, card_text=card_text, order_id=order_id)
+        return await self._write_count(
+            _SET_CARD_TEXT, card_text=rows.encode_card_text(card_text), order_id=order_id
+        )
 
     async def _write_count(self, stmt: TextClause, **params: Any) -> bool:
         async def tx(conn: AsyncConnection) -> bool:

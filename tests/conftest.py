@@ -116,6 +116,20 @@ def bot_settings(
     return factory
 
 
+@pytest.fixture
+def bot_settings_on_each_engine(
+    tmp_path: Path, telegram: FakeTelegram, smsman: FakeSmsMan, database_url: str
+) -> Callable[..., Settings]:
+    """bot_settings with DATABASE_URL from `database_url`: the bot runs once per engine.
+    A module opts in with `bot_settings = ON_EACH_ENGINE` (see tests/test_money_concurrent.py)."""
+
+    def factory(**overrides: Any) -> Settings:
+        overrides.setdefault("database_url", database_url)
+        return make_settings(tmp_path, telegram, smsman, **overrides)
+
+    return factory
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     """Figures of long runs (the chaos test), printed whether or not output is captured."""
     if RUN_FIGURES:

@@ -701,3 +701,15 @@ async def test_stats_window(db: Database) -> None:
     assert (await db.stats.summary(0.0)).created == 2
     assert summary.as_dict()["created"] == 1
     assert old.id
+
+
+async def test_card_text_with_nul_and_backslashes_round_trips(db: Database) -> None:
+    """PostgreSQL's TEXT refuses NUL; the bot's card text carries one."""
+    order = await order_in(db, S.WAITING)
+    for text_ in ("card\x00null", "a\\0b\x00\\", "plain"):
+        assert await db.orders.set_message(order.id, 5, text_)
+        got = await db.orders.get(order.id)
+        assert got is not None and got.card_text == text_
+        assert await db.orders.set_card_text(order.id, text_ + "!")
+        got = await db.orders.get(order.id)
+        assert got is not None and got.card_text == text_ + "!"
