@@ -8,7 +8,8 @@ before any handler runs (a stranger in private mode) leaves nothing behind.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections import OrderedDict
+from collections.abc import Awaitable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from aiogram.fsm.state import State
@@ -67,7 +68,7 @@ class FsmData:
         await self._set(_SET_STATE, key=key, state=state)
 
     async def set_data(self, key: str, data: Mapping[str, Any]) -> None:
-        await self._set(_SET_DATA, key=key, data=json.dumps(dict(data), sort_keys=True))
+        await self._set(_SET_DATA, key=key, data=_canonical(data))
 
     async def _set(self, stmt: Any, **params: Any) -> None:
         async def tx(conn: AsyncConnection) -> None:
@@ -84,23 +85,85 @@ class FsmData:
 
 
 class DatabaseFsmStorage(BaseStorage):
-    """aiogram's storage interface over db.fsm (the database stays open: the app closes it)."""
+    """aiogram's storage interface over db.fsm (the database stays open: the app closes it).
 
-    def __init__(self, db: Database) -> None:
+    On SQLite the bot is the only process on its database file, so this storage also
+    remembers the rows it read and wrote (the most recent `capacity` conversations): aiogram
+    reads the state for every update and the menus write the state they are already in
+    (every /start and Menu clears a conversation that is usually empty), and each of those
+    was a query, the writes one at a time behind SQLite's lock with an fsync each. Now an
+    update costs no FSM query and a write that changes nothing is not made. The remembered
+    row is updated before the write is queued, so it follows the order in which writes are
+    made; a write that fails forgets it. On PostgreSQL several replicas may share the rows:
+    every call goes to the database.
+    """
+
+    def __init__(self, db: Database, *, capacity: int = 10_000) -> None:
         self._fsm = db.fsm
+        self._capacity = capacity
+        # key -> (state, data as canonical JSON): a string, so no caller can mutate it.
+        self._rows: OrderedDict[str, tuple[str | None, str]] | None = (
+            OrderedDict() if db.is_sqlite else None
+        )
+
+    async def _row(self, key: str) -> tuple[str | None, str]:
+        rows = self._rows
+        assert rows is not None
+        row = rows.get(key)
+        if row is None:
+            state, data = await self._fsm.get(key)
+            # A write queued while this read ran is newer than what the read saw.
+            row = rows.setdefault(key, (state, _canonical(data)))
+        rows.move_to_end(key)
+        while len(rows) > self._capacity:
+            rows.popitem(last=False)
+        return row
+
+    async def _write(self, key: str, row: tuple[str | None, str], write: Awaitable[None]) -> None:
+        assert self._rows is not None
+        self._rows[key] = row
+        try:
+            await write
+        except BaseException:
+            self._rows.pop(key, None)
+            raise
 
     async def set_state(self, key: StorageKey, state: str | State | None = None) -> None:
         value = state.state if isinstance(state, State) else state
-        await self._fsm.set_state(storage_key(key), value)
+        name = storage_key(key)
+        if self._rows is None:
+            await self._fsm.set_state(name, value)
+            return
+        old_state, data = await self._row(name)
+        if old_state != value:
+            await self._write(name, (value, data), self._fsm.set_state(name, value))
 
     async def get_state(self, key: StorageKey) -> str | None:
-        return (await self._fsm.get(storage_key(key)))[0]
+        name = storage_key(key)
+        if self._rows is None:
+            return (await self._fsm.get(name))[0]
+        return (await self._row(name))[0]
 
     async def set_data(self, key: StorageKey, data: Mapping[str, Any]) -> None:
-        await self._fsm.set_data(storage_key(key), data)
+        name = storage_key(key)
+        if self._rows is None:
+            await self._fsm.set_data(name, data)
+            return
+        state, old_data = await self._row(name)
+        new_data = _canonical(data)
+        if old_data != new_data:
+            await self._write(name, (state, new_data), self._fsm.set_data(name, data))
 
     async def get_data(self, key: StorageKey) -> dict[str, Any]:
-        return (await self._fsm.get(storage_key(key)))[1]
+        name = storage_key(key)
+        if self._rows is None:
+            return (await self._fsm.get(name))[1]
+        return dict(json.loads((await self._row(name))[1]))
 
     async def close(self) -> None:
         return None
+
+
+def _canonical(data: Mapping[str, Any]) -> str:
+    """The form FsmData stores (so equal data compares equal)."""
+    return json.dumps(dict(data), sort_keys=True)
