@@ -18,6 +18,7 @@ from aiogram.utils.i18n import I18n
 from bot.flood import RetryAfter
 from bot.notify import Notifier
 from bot.poller import PROBE_TIMEOUT, Poller
+from bot.responses import keep_response_models
 from bot.services.access import Access
 from bot.services.admin import AdminService
 from bot.services.catalogue import CatalogueService
@@ -88,6 +89,7 @@ class App:
 
 
 async def build_app(settings: Settings) -> App:
+    keep_response_models()
     i18n = make_i18n()
     session = AiohttpSession(api=TelegramAPIServer.from_base(settings.telegram_api_url))
     session.middleware(RetryAfter())
