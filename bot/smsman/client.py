@@ -4,7 +4,8 @@ Every call goes through one gate (at most `max_concurrency` in flight, at most `
 started per second, purchases and cancels ahead of the poller's get-sms), has its own
 deadline, and comes back as a typed result or a typed error (errors.py). Reads are retried
 on `ProviderUnavailable` with jittered exponential backoff; get-number and set-status are
-sent once, as POST, on a fresh connection, and never retried: after `ProviderUnavailable`
+sent once, as POST with the parameters in the query string and no body, on a fresh
+connection, and never retried: after `ProviderUnavailable`
 their outcome is unknown and only the caller can find out what happened.
 
 The API token never leaves this module in any text: URLs, error messages and log lines are
@@ -246,7 +247,9 @@ class SmsManClient:
             try:
                 async with asyncio.timeout(self._timeout):
                     if post:
-                        request = write_session.post(url, data=fields)
+                        # Parameters in the query string and no body: what every known
+                        # client sends and the only POST form known to work.
+                        request = write_session.post(url, params=fields)
                     else:
                         request = session.get(url, params=fields)
                     async with request as response:

@@ -6,7 +6,9 @@
 
 Real shapes: catalogues keyed by id string with title/code, costs as strings, business
 errors as HTTP 200 with error_code/error_msg, get-number errors echoing application_id,
-country_id, error_id and success:false. GET and POST (query and form) at /control/<method>.
+country_id, error_id and success:false. GET and POST at /control/<method>, parameters
+read from the query string only: whether SMS-Man reads a form body is unknown, so the fake
+does not (a form body is recorded in `Call.form` and otherwise ignored).
 
 Every handler does O(1) work except the catalogue methods (get-prices, limits, countries,
 applications) and get-balance, which walk the catalogue or the open requests.
@@ -59,9 +61,10 @@ class Call:
     """One request the fake received (the token included in `params`)."""
 
     method: str
-    params: dict[str, str]
+    params: dict[str, str]  # from the query string: the only ones read
     http_method: str
     time: float  # time.monotonic()
+    form: dict[str, str] = field(default_factory=dict)  # a form body's fields (ignored)
 
 
 @dataclass(slots=True)
@@ -362,9 +365,10 @@ class FakeSmsMan:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         method = request.match_info["method"]
         params: dict[str, str] = dict(request.query)
+        form: dict[str, str] = {}
         if request.method == "POST" and request.can_read_body:
-            params.update({k: v for k, v in (await request.post()).items() if isinstance(v, str)})
-        call = Call(method, params, request.method, time.monotonic())
+            form = {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
+        call = Call(method, params, request.method, time.monotonic(), form)
         self.calls.append(call)
         self._calls_by_method[method].append(call)
         self.in_flight[method] += 1
