@@ -53,7 +53,11 @@ class App:
 
     async def on_startup(self) -> None:
         """Recover orders, warm the caches and register commands, then let updates in."""
-        await self.admin.setup_commands(self.bot)
+        try:
+            await self.admin.setup_commands(self.bot)
+        except Exception as exc:
+            # The commands menu is cosmetic (the last one set stays): never a reason not to run.
+            log.warning("could not register the commands menu: %s", type(exc).__name__)
         await self.poller.start()
         self._spawn(self._warm())
         self._spawn(self.admin.watch_balance())
@@ -69,6 +73,7 @@ class App:
         task = asyncio.create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        task.add_done_callback(_log_death)
 
     async def _warm(self) -> None:
         try:
@@ -84,6 +89,12 @@ class App:
         await self.client.close()
         await self.bot.session.close()
         await self.db.close()
+
+
+def _log_death(task: asyncio.Task[None]) -> None:
+    """A background task that ends by an exception says so (loops should never get here)."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("background task %s died", task.get_coro(), exc_info=task.exception())
 
 
 async def build_app(settings: Settings) -> App:
