@@ -22,6 +22,7 @@ from bot.poller import Poller
 from bot.services.access import Access
 from bot.services.admin import AdminService
 from bot.services.catalogue import CatalogueService
+from bot.services.currency import record_currency
 from bot.services.orders import OrderService
 from bot.services.pricing import Pricing
 from bot.services.users import UserService
@@ -107,12 +108,18 @@ async def build_app(settings: Settings) -> App:
         default=DefaultBotProperties(parse_mode=ParseMode.HTML),
     )
     db = await Database.open(settings.database_url)
+    try:
+        await record_currency(db, settings.currency)
+    except BaseException:
+        await db.close()
+        raise
     client = SmsManClient(
         settings.smsman_api_url,
         settings.smsman_token.get_secret_value(),
         timeout=settings.smsman_timeout,
         max_concurrency=settings.smsman_max_concurrency,
         max_rps=settings.smsman_max_rps,
+        currency=settings.currency,
     )
     access = Access(settings)
     catalogue = CatalogueService(client, settings.popular_countries)

@@ -58,9 +58,13 @@ class SmsManClient:
         max_rps: float = 20,
         retries: int = 3,
         backoff: float = 0.2,
+        currency: str | None = None,
     ) -> None:
+        """`currency`: sent as `currency` with get-prices, get-balance and get-number, so
+        costs and the balance come in it rather than in the account's currency."""
         if timeout <= 0:
             raise ValueError("timeout must be positive")
+        self._currency = None if currency is None else _currency(currency)
         if retries < 0 or backoff < 0:
             raise ValueError("retries and backoff must not be negative")
         self._base_url = base_url.rstrip("/")
@@ -126,7 +130,7 @@ class SmsManClient:
     # ------------------------------------------------------------ reads
 
     async def get_balance(self) -> Balance:
-        body = await self._read("get-balance", {})
+        body = await self._read("get-balance", self._in_currency({}))
         return self._shaped(_parse.balance, body)
 
     async def countries(self) -> list[Country]:
@@ -139,7 +143,7 @@ class SmsManClient:
 
     async def prices(self, country_id: int | None = None) -> list[Price]:
         params = {} if country_id is None else {"country_id": str(_id(country_id))}
-        body = await self._read("get-prices", params)
+        body = await self._read("get-prices", self._in_currency(params))
         return self._shaped(_parse.prices, body, country_id)
 
     async def limits(
@@ -183,10 +187,9 @@ class SmsManClient:
                 raise ValueError("max_price must be a finite, non-negative Decimal")
             params["maxPrice"] = format(max_price, "f")
         if currency is not None:
-            currency = currency.strip().upper()
-            if currency not in CURRENCIES:
-                raise ValueError("currency must be RUB, USD or EUR")
-            params["currency"] = currency
+            params["currency"] = _currency(currency)
+        else:
+            params = self._in_currency(params)
         if ref:
             params["ref"] = ref
         async with self._get_number_slots:
@@ -198,6 +201,9 @@ class SmsManClient:
         params = {"request_id": str(_id(request_id)), "status": Status(status).value}
         body = await self._call_once("set-status", params, post=True, urgent=True)
         self._shaped(_parse.status_ok, body)
+
+    def _in_currency(self, params: dict[str, str]) -> dict[str, str]:
+        return params if self._currency is None else {**params, "currency": self._currency}
 
     # ------------------------------------------------------------ transport
 
@@ -316,6 +322,13 @@ def _spellings(token: str) -> tuple[str, ...]:
     in_query = yarl.URL.build(query={"t": token}).raw_query_string.removeprefix("t=")
     spellings = {token, quote(token, safe=""), quote_plus(token, safe=""), in_query}
     return tuple(sorted(spellings, key=len, reverse=True))
+
+
+def _currency(value: str) -> str:
+    value = value.strip().upper()
+    if value not in CURRENCIES:
+        raise ValueError("currency must be RUB, USD or EUR")
+    return value
 
 
 def _id(value: int) -> int:
