@@ -8,6 +8,7 @@ from aiogram import Router
 from aiogram.exceptions import TelegramAPIError
 from aiogram.types import ErrorEvent
 
+from bot.smsman.errors import SmsManError
 from bot.ui import texts
 from bot.ui.screen import is_not_modified
 
@@ -37,13 +38,18 @@ async def on_error(event: ErrorEvent) -> bool:
         type(event.exception).__name__,
         exc_info=event.exception,
     )
+    text = (
+        texts.try_again_later()
+        if isinstance(event.exception, SmsManError)
+        else texts.something_failed()
+    )
     if update.callback_query is not None:
         # Even when Telegram refused the handler's call: the answer is another call, and
         # without it the button spins until Telegram gives up.
-        await _answer_callback(event, texts.plain_short(texts.try_again_later()))
+        await _answer_callback(event, texts.plain_short(text))
     elif update.message is not None and not isinstance(event.exception, TelegramAPIError):
         try:
-            await update.message.answer(texts.try_again_later())
+            await update.message.answer(text)
         except TelegramAPIError:
             pass  # Telegram itself is the problem: the log line is enough
     return True
