@@ -7,6 +7,7 @@ currency is recorded at first start; a change while money is held is refused.
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from collections.abc import Callable
@@ -69,7 +70,8 @@ async def test_a_currency_change_while_money_is_held_refuses_to_start(tmp_path: 
         await db.wallet.credit(7, 150_00, note=None, idempotency_key="credit:test")
     finally:
         await db.close()
-    result = subprocess.run(
+    result = await asyncio.to_thread(
+        subprocess.run,
         [sys.executable, "-m", "bot"],
         cwd=tmp_path,
         env={
