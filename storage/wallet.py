@@ -121,6 +121,16 @@ class Wallet:
 
         return await self._db.read(q)
 
+    async def last_order_currency(self) -> str | None:
+        """The currency of the newest order, if any: what the money was in before the
+        wallets' currency was recorded (databases older than that record)."""
+
+        def q(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute("SELECT currency FROM orders ORDER BY id DESC LIMIT 1").fetchone()
+            return str(row[0]) if row else None
+
+        return await self._db.read(q)
+
     async def history(self, user_id: int, limit: int = 10) -> list[LedgerRow]:
         """The user's ledger rows, newest first."""
 

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from bot.services.currency import CURRENCY_KEY
+from bot.services.currency import CURRENCY_KEY, CurrencyChanged
 from bot.settings import Settings
 from storage.db import Database
 from tests.fakes.smsman import FakeSmsMan
 from tests.fakes.telegram import FakeTelegram
-from tests.flows import reach_confirm, say
+from tests.flows import buy, reach_confirm, say
 from tests.inprocess import running
 from tests.test_settings import ROOT, _env_without_settings
 
@@ -99,3 +99,18 @@ async def test_a_currency_change_while_money_is_held_refuses_to_start(tmp_path: 
         assert await db.wallet.balance(7) == (150_00, 0)
     finally:
         await db.close()
+
+
+async def test_a_database_from_before_the_record_is_judged_by_its_orders(
+    telegram: FakeTelegram, smsman: FakeSmsMan, bot_settings: SettingsFactory
+) -> None:
+    """No record yet, but an order in RUB holds money: USD is refused, RUB is recorded."""
+    async with running(bot_settings(access_mode="shop")) as app:
+        await say(telegram.user(ADMIN), "/credit 1 100", "Credited")
+        await buy(telegram.user(1))
+        assert await app.db.kv.delete(CURRENCY_KEY)
+    with pytest.raises(CurrencyChanged, match="hold money in RUB"):
+        async with running(bot_settings(access_mode="shop", currency="USD")):
+            pass
+    async with running(bot_settings(access_mode="shop")) as app:
+        assert await app.db.kv.get(CURRENCY_KEY) == "RUB"

@@ -23,7 +23,11 @@ class CurrencyChanged(Exception):
 async def record_currency(db: Database, currency: str) -> None:
     """Record `currency` on first start; accept a change only while no money is held."""
     recorded = await db.kv.get(CURRENCY_KEY)
+    if recorded is None:
+        # A database from before this record: its orders still say what the money was in.
+        recorded = await db.wallet.last_order_currency()
     if recorded == currency:
+        await db.kv.set_if_absent(CURRENCY_KEY, currency)
         return
     if recorded is not None and await db.wallet.holds_money():
         raise CurrencyChanged(
