@@ -13,6 +13,7 @@ import sys  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
 
 from bot.logs import setup_logging  # noqa: E402
+from bot.services.currency import CurrencyChanged  # noqa: E402
 from bot.settings import Settings, describe_errors  # noqa: E402
 from bot.ui.i18n import CataloguesNotCompiled, check_compiled  # noqa: E402
 
@@ -52,6 +53,9 @@ def main() -> int:
         asyncio.run(serve(settings))
     except KeyboardInterrupt:
         pass
+    except CurrencyChanged as exc:
+        print(exc, file=sys.stderr)
+        return 2
     logging.getLogger("bot").info("stopped cleanly")
     return 0
 
