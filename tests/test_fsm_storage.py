@@ -70,12 +70,12 @@ async def test_strangers_in_private_mode_leave_no_fsm_row(
 
 
 @contextmanager
-def statements(db: Database) -> Iterator[list[str]]:
-    """The SQL statements run on `db` while the block runs."""
+def statements(db: Database, table: str = "fsm") -> Iterator[list[str]]:
+    """The first word of each SQL statement on `table` run on `db` while the block runs."""
     seen: list[str] = []
 
     def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        if "fsm" in statement:
+        if table in statement:
             seen.append(statement.split()[0].upper())
 
     event.listen(db.engine.sync_engine, "before_cursor_execute", record)
