@@ -33,6 +33,7 @@ _SET_DATA = text(
 )
 _DROP_EMPTY = text("DELETE FROM fsm WHERE key = :key AND state IS NULL AND data = '{}'")
 _COUNT = text("SELECT COUNT(*) FROM fsm")
+EMPTY = "{}"  # no data, canonical
 
 
 def storage_key(key: StorageKey) -> str:
@@ -64,16 +65,18 @@ class FsmData:
 
         return await self._db.read(q)
 
-    async def set_state(self, key: str, state: str | None) -> None:
-        await self._set(_SET_STATE, key=key, state=state)
+    async def set_state(self, key: str, state: str | None, *, may_empty: bool = True) -> None:
+        """`may_empty=False`: the caller knows the row keeps a state or data (no DELETE)."""
+        await self._set(_SET_STATE, may_empty, key=key, state=state)
 
-    async def set_data(self, key: str, data: Mapping[str, Any]) -> None:
-        await self._set(_SET_DATA, key=key, data=_canonical(data))
+    async def set_data(self, key: str, data: Mapping[str, Any], *, may_empty: bool = True) -> None:
+        await self._set(_SET_DATA, may_empty, key=key, data=_canonical(data))
 
-    async def _set(self, stmt: Any, **params: Any) -> None:
+    async def _set(self, stmt: Any, may_empty: bool, **params: Any) -> None:
         async def tx(conn: AsyncConnection) -> None:
             await conn.execute(stmt, params)
-            await conn.execute(_DROP_EMPTY, {"key": params["key"]})
+            if may_empty:
+                await conn.execute(_DROP_EMPTY, {"key": params["key"]})
 
         await self._db.write(tx)
 
@@ -136,7 +139,9 @@ class DatabaseFsmStorage(BaseStorage):
             return
         old_state, data = await self._row(name)
         if old_state != value:
-            await self._write(name, (value, data), self._fsm.set_state(name, value))
+            empty = value is None and data == EMPTY
+            write = self._fsm.set_state(name, value, may_empty=empty)
+            await self._write(name, (value, data), write)
 
     async def get_state(self, key: StorageKey) -> str | None:
         name = storage_key(key)
@@ -152,7 +157,9 @@ class DatabaseFsmStorage(BaseStorage):
         state, old_data = await self._row(name)
         new_data = _canonical(data)
         if old_data != new_data:
-            await self._write(name, (state, new_data), self._fsm.set_data(name, data))
+            empty = state is None and new_data == EMPTY
+            write = self._fsm.set_data(name, data, may_empty=empty)
+            await self._write(name, (state, new_data), write)
 
     async def get_data(self, key: StorageKey) -> dict[str, Any]:
         name = storage_key(key)

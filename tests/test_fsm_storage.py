@@ -106,6 +106,7 @@ async def test_on_sqlite_a_write_that_changes_nothing_is_not_made_and_reads_are_
         await storage.update_data(key, {"country_query": None})
         await storage.update_data(key, {"country_query": None})
     assert seen.count("INSERT") == 2  # the state once, the data once
+    assert "DELETE" not in seen  # the row is known to keep a state: nothing to drop
     # The data handed out is a copy: changing it changes nothing stored.
     data = await storage.get_data(key)
     data["country_query"] = "ru"
