@@ -317,7 +317,7 @@ async def py_spy(pid: int | None, path: str | None):  # type: ignore[no-untyped-
         return
     exe = Path(sys.executable).with_name("py-spy")
     spy = await asyncio.create_subprocess_exec(
-        str(exe), "record", "-r", "100", "-f", "raw", "-o", path, "--pid", str(pid),
+        str(exe), "record", "--gil", "-r", "100", "-f", "raw", "-o", path, "--pid", str(pid),
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
     try:
