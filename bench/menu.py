@@ -14,7 +14,8 @@ FakeTelegram, long polled by the bot. One run has three parts:
        /start -> Buy number -> Next › (1-3 times) -> a country -> [Next › (services)]
        -> a service (confirm screen) -> ↩ Services -> ↩ Countries -> 🏠 Menu
 
-   Navigation only, never Buy. `--think 0` clicks again at once, which saturates the bot.
+   Navigation only, never Buy. The users' first clicks are spread over one pause (a burst
+   is parts 1 and 3). `--think 0` clicks again at once, which saturates the bot.
 3. Burst after a restart: SIGTERM, K /start waiting again (users the bot knows), restart.
 
 A click's latency is the time from putting its update into the fake Telegram to the bot's
@@ -346,6 +347,9 @@ async def one_run(args: argparse.Namespace, profile: str | None) -> Run:
                 errors_before, calls_before = len(telegram.errors), len(smsman.calls)
 
                 async def walk(walker: Walker) -> None:
+                    # A human pace from the first click on: the users start spread over one
+                    # pause, not in the same instant (that is the bursts' case).
+                    await asyncio.sleep(walker.rng.uniform(0, args.think))
                     for number in range(1, args.rounds + 1):
                         await walker.round(number)
 
