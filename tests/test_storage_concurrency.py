@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator, Awaitable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
@@ -248,3 +248,28 @@ async def test_cancelling_callers_at_random_points_of_1000_transactions(db: Data
         elif order.status is S.RECEIVED:
             assert kinds == [LedgerKind.HOLD, LedgerKind.CAPTURE]
             assert len(await db.orders.codes_of(order.id)) == 1
+
+
+async def test_a_started_transaction_ends_whole_though_its_caller_is_cancelled(
+    db: Database,
+) -> None:
+    """The caller is cancelled between two statements of one transaction: the transaction
+    still runs to its COMMIT on its own (it is not cut at the cancelled await)."""
+    from sqlalchemy import text
+
+    started, go = asyncio.Event(), asyncio.Event()
+
+    async def two_rows(conn: Any) -> None:
+        await conn.execute(text("INSERT INTO kv (key, value) VALUES ('first', '1')"))
+        started.set()
+        await go.wait()
+        await conn.execute(text("INSERT INTO kv (key, value) VALUES ('second', '2')"))
+
+    caller = asyncio.create_task(db.write(two_rows))
+    await started.wait()
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    go.set()
+    await db.drain()
+    assert (await db.kv.get("first"), await db.kv.get("second")) == ("1", "2")
