@@ -12,6 +12,8 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from yarl import URL
 
+from storage.engine import normalize_url
+
 DEFAULT_POPULAR_COUNTRIES = ("RU", "UA", "KZ", "US", "GB", "ID", "PH", "IN", "BR", "VN")
 # What @BotFather hands out: the bot's numeric id, a colon, then letters, digits, _ and -.
 _BOT_TOKEN = re.compile(r"[0-9]{1,20}:[A-Za-z0-9_-]{1,100}")
@@ -110,8 +112,12 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _database(cls, value: str) -> str:
-        if not value.startswith("sqlite:///") or value == "sqlite:///":
-            raise ValueError("must look like sqlite:///path/to/file.sqlite3")
+        try:
+            normalize_url(value)
+        except ValueError:
+            raise ValueError(
+                "must look like sqlite:///path/to/file.sqlite3 or postgresql://user@host/db"
+            ) from None
         return value
 
     @property
