@@ -79,3 +79,12 @@ class Stats:
             )
 
         return await self._db.read_snapshot(q)
+
+    async def orders_by_status(self) -> dict[str, int]:
+        """How many orders are in each state now (a state with none is absent)."""
+
+        def q(conn: sqlite3.Connection) -> dict[str, int]:
+            rows = conn.execute("SELECT status, COUNT(*) FROM orders GROUP BY status")
+            return {str(status): int(count) for status, count in rows}
+
+        return await self._db.read(q)

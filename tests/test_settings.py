@@ -122,7 +122,8 @@ def test_webhook_without_secret_and_port_is_two_lines_and_exit_2(tmp_path: Path)
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "WEBHOOK_URL is invalid: Value error, must be an https:// URL (Telegram posts only to HTTPS)"
+        "WEBHOOK_URL is invalid: Value error,"
+        " must be an https:// URL (Telegram posts only to HTTPS)"
     ]
     result = run_bot(
         tmp_path, BOT_TOKEN="1:x", SMSMAN_TOKEN="k", WEBHOOK_URL="https://example.com/telegram"

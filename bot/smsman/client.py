@@ -28,8 +28,10 @@ from urllib.parse import quote, quote_plus
 import aiohttp
 import yarl
 
+from bot import metrics
+
 from . import _parse
-from ._limiter import CallGate
+from ._limiter import CallGate, Gate
 from .errors import ProviderUnavailable, SmsManError
 from .types import Application, Balance, Country, Limit, Number, Price, Sms, Status
 
@@ -57,7 +59,9 @@ class SmsManClient:
         max_rps: float = 20,
         retries: int = 3,
         backoff: float = 0.2,
+        gate: Gate | None = None,
     ) -> None:
+        """`gate`: the call budget to use instead of this process's own (Redis-shared)."""
         if timeout <= 0:
             raise ValueError("timeout must be positive")
         if retries < 0 or backoff < 0:
@@ -68,7 +72,7 @@ class SmsManClient:
         self._retries = retries
         self._backoff = backoff
         self._max_concurrency = max_concurrency
-        self._gate = CallGate(max_concurrency, max_rps)
+        self._gate: Gate = gate if gate is not None else CallGate(max_concurrency, max_rps)
         self._get_number_slots = asyncio.Semaphore(GET_NUMBER_CONCURRENCY)
         self._secrets = _spellings(token)
         self._session: aiohttp.ClientSession | None = None  # reads, keep-alive
@@ -268,6 +272,7 @@ class SmsManClient:
             outcome = "ok" if error is None else f"{type(error).__name__} {error.code}"
         finally:
             self._gate.release()
+            metrics.SMSMAN_CALLS.labels(method, outcome.split(" ", 1)[0]).inc()
             elapsed = (time.perf_counter() - started) * 1000
             log.debug("smsman %s %s %.0fms %s", "POST" if post else "GET", method, elapsed, outcome)
         if error is not None:
