@@ -2,10 +2,11 @@
 
 Telegram answers getUpdates with 409 Conflict when a webhook is set, and ends the older
 of two concurrent long polls with 409 when a second process polls the same token. Both
-sides then see 409s in turn, so who stops is decided by age: a process that has polled
-for less than `grace` seconds is the newcomer and gives up at its first 409; an
+sides then see 409s in turn, so who stops is decided by age: a process whose first poll
+went out less than `grace` seconds ago is the newcomer and gives up at its first 409; an
 established one polls again at once (which ends the newcomer's poll) and gives up only
-if the conflict lasts `patience` seconds. With a webhook set, it gives up at once.
+if it gets no answer but 409 for `patience` seconds. With a webhook set, it gives up at
+once.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ class PollConflict(BaseRequestMiddleware):
         self,
         on_conflict: Callable[[str], None],
         *,
-        grace: float = 10.0,
+        grace: float = 5.0,
         patience: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -50,7 +51,7 @@ class PollConflict(BaseRequestMiddleware):
         self._grace = grace
         self._patience = patience
         self._clock = clock
-        self._first_ok: float | None = None
+        self._polling_since: float | None = None
         self._conflict_since: float | None = None
         self.gave_up = False
 
@@ -62,6 +63,8 @@ class PollConflict(BaseRequestMiddleware):
     ) -> Response[TelegramType]:
         if not isinstance(method, GetUpdates):
             return await make_request(bot, method)
+        if self._polling_since is None:
+            self._polling_since = self._clock()
         while True:
             try:
                 response = await make_request(bot, method)  # type: ignore[arg-type]
@@ -70,9 +73,6 @@ class PollConflict(BaseRequestMiddleware):
                     raise
                 await asyncio.sleep(0.05)  # poll again at once: the newcomer's poll ends
                 continue
-            now = self._clock()
-            if self._first_ok is None:
-                self._first_ok = now
             self._conflict_since = None
             return response
 
@@ -82,7 +82,7 @@ class PollConflict(BaseRequestMiddleware):
             self._conflict_since = now
         if "webhook" in description.lower():
             reason = WEBHOOK_SET
-        elif self._first_ok is None or now - self._first_ok < self._grace:
+        elif self._polling_since is None or now - self._polling_since < self._grace:
             reason = ANOTHER_POLLER  # we are the newcomer
         elif now - self._conflict_since >= self._patience:
             reason = ANOTHER_POLLER  # the other one does not give up either

@@ -14,7 +14,8 @@ The fakes must run on the caller's event loop (they answer the process over HTTP
 "Ready" means the process called getMe on the fake Telegram after this start: aiogram does
 that right after the startup hooks (orders reconciled, the poller running), just before its
 first getUpdates; in webhook mode (WEBHOOK_URL set), that setWebhook succeeded, which the
-bot calls once its HTTP server listens. Without a FakeTelegram, the log line aiogram writes then is awaited.
+bot calls once its HTTP server listens. Without a FakeTelegram, the log line aiogram
+writes then is awaited.
 `rss_kb()`, `peak_rss_kb()` and `cpu_seconds()` read /proc for benchmarks. Below the
 class: the chat steps these tests share (`buy`, `code_messages`, ...).
 """
