@@ -16,7 +16,7 @@ from aiogram.client.telegram import TelegramAPIServer
 from aiogram.enums import ParseMode
 from aiogram.fsm.storage.base import BaseEventIsolation, BaseStorage
 from aiogram.fsm.storage.memory import MemoryStorage
-from aiogram.fsm.storage.redis import RedisStorage
+from aiogram.fsm.storage.redis import DefaultKeyBuilder, RedisStorage
 from aiogram.utils.i18n import I18n
 from redis.asyncio import Redis
 
@@ -226,7 +226,8 @@ def _dispatcher(redis: Redis | None) -> Dispatcher:
     storage: BaseStorage = MemoryStorage()
     isolation: BaseEventIsolation | None = None
     if redis is not None:
-        redis_storage = RedisStorage(redis)
+        # Keys carry the bot's id: several bots may share one Redis.
+        redis_storage = RedisStorage(redis, key_builder=DefaultKeyBuilder(with_bot_id=True))
         storage, isolation = redis_storage, redis_storage.create_isolation()
     return Dispatcher(storage=storage, events_isolation=isolation)
 

@@ -119,6 +119,10 @@ class SharedCallGate:
         if self._held:
             self._forget(self._held.pop())
 
+    async def drain(self) -> None:
+        """Wait until the slots given back have reached Redis (before closing it)."""
+        await asyncio.gather(*self._releases, return_exceptions=True)
+
     def _forget(self, slot: str) -> None:
         """Give the slot back without waiting (its lease is the backstop if this fails)."""
 
