@@ -134,3 +134,11 @@ def test_webhook_without_secret_and_port_is_two_lines_and_exit_2(tmp_path: Path)
         "HTTP_PORT is not set: it is required with WEBHOOK_URL",
     ]
     assert "1:x" not in result.stderr
+
+
+def test_every_setting_is_in_the_readme_and_env_example() -> None:
+    readme = (ROOT / "README.md").read_text()
+    example = (ROOT / ".env.example").read_text()
+    for name in Settings.model_fields:
+        assert name.upper() in readme, f"{name.upper()} missing from the README's table"
+        assert f"{name.upper()}=" in example, f"{name.upper()} missing from .env.example"
