@@ -50,6 +50,10 @@ class HttpServer:
         web_app.router.add_get("/readyz", self._readyz)
         web_app.router.add_get("/metrics", self._metrics)
         if self._webhook:
+            # The dispatcher's startup and shutdown hooks run with the web app's; first,
+            # so its shutdown (in-flight handlers, the poller) ends before the handler's
+            # own shutdown hook closes the bot's session.
+            setup_application(web_app, self._app.dp, bot=self._app.bot)
             secret = self._app.settings.webhook_secret.get_secret_value()
             SimpleRequestHandler(
                 dispatcher=self._app.dp,
@@ -57,8 +61,6 @@ class HttpServer:
                 secret_token=secret,
                 handle_in_background=False,
             ).register(web_app, path=WEBHOOK_PATH)
-            # The dispatcher's startup and shutdown hooks run with the web app's.
-            setup_application(web_app, self._app.dp, bot=self._app.bot)
         return web_app
 
     async def start(self) -> None:
