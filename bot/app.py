@@ -57,6 +57,7 @@ class App:
     i18n: I18n
     in_flight: InFlight
     redis: Redis | None = None
+    shared_gate: SharedCallGate | None = None
     exit_reason: str | None = None  # why polling stopped on its own (exit status 2)
     _background: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -123,6 +124,8 @@ class App:
         await self.client.close()
         await self.bot.session.close()
         await self.db.close()
+        if self.shared_gate is not None:
+            await self.shared_gate.drain()  # give back the last slots before closing Redis
         if self.redis is not None:
             await self.redis.aclose()
 
@@ -135,6 +138,7 @@ async def build_app(settings: Settings) -> App:
     if not settings.webhook_mode:
         session.middleware(conflict)
     redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
+    gate = _shared_gate(redis, settings) if redis is not None else None
     bot = Bot(
         token=settings.bot_token.get_secret_value(),
         session=session,
@@ -147,7 +151,7 @@ async def build_app(settings: Settings) -> App:
         timeout=settings.smsman_timeout,
         max_concurrency=settings.smsman_max_concurrency,
         max_rps=settings.smsman_max_rps,
-        gate=_shared_gate(redis, settings) if redis is not None else None,
+        gate=gate,
     )
     access = Access(settings)
     catalogue = CatalogueService(client, settings.popular_countries)
@@ -202,6 +206,7 @@ async def build_app(settings: Settings) -> App:
         i18n=i18n,
         in_flight=in_flight,
         redis=redis,
+        shared_gate=gate,
     )
     dp.startup.register(app.on_startup)
     dp.shutdown.register(app.on_shutdown)

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 from pathlib import Path
 
 import aiohttp
 import pytest
+from redis.asyncio import Redis
 
 from storage.db import Database
 from storage.models import OrderStatus
@@ -190,3 +192,50 @@ async def test_several_replicas_behind_one_url_share_the_updates(
     finally:
         for bot in bots:
             await bot.stop()
+
+
+async def test_two_replicas_share_the_users_step_through_redis(
+    redis_url: str, smsman: FakeSmsMan, tmp_path: Path
+) -> None:
+    """Webhook mode with REDIS_URL: /buy answered by one replica, the typed country filter
+    by the other, which knows the user is choosing a country (FSM state in Redis)."""
+    bot_id = random.randint(10**8, 10**9)  # FSM keys carry the bot id: this test's own
+    async with FakeTelegram(token=f"{bot_id}:WEBHOOK-REDIS") as telegram:
+        ports = [free_port(), free_port()]
+        bots = [
+            BotProcess.for_fakes(
+                telegram,
+                smsman,
+                tmp_path / f"r{n}",
+                database_url=f"sqlite:///{tmp_path / 'shared.sqlite3'}",
+                redis_url=redis_url,
+                **webhook_settings(port, SECRET),
+            )
+            for n, port in enumerate(ports)
+        ]
+        try:
+            for bot in bots:
+                await bot.start()
+            telegram.route_webhook([f"http://127.0.0.1:{port}/telegram" for port in ports])
+            user = telegram.user(1)
+            await user.send("/buy")
+            await user.wait_for("Pick a country", new_only=True)
+            await user.send("Russ")
+            found = await user.wait_for("Countries matching", new_only=True)
+            assert any("Russia" in label for label in found.labels), found.labels
+            await telegram.wait_idle()
+            served = [post.target for post in telegram.webhook_posts if post.ok]
+            assert len(served) == 2 and served[0] != served[1], "one update each"
+            for bot in bots:
+                assert await bot.terminate() == 0
+        finally:
+            for bot in bots:
+                await bot.stop()
+        assert telegram.errors == []
+        client = Redis.from_url(redis_url)
+        try:
+            keys = [key async for key in client.scan_iter(match=f"fsm:{bot_id}:*")]
+            if keys:
+                await client.delete(*keys)
+        finally:
+            await client.aclose()
