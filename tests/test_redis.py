@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +25,7 @@ from tests.fakes.smsman import FakeSmsMan
 from tests.fakes.telegram import FakeTelegram
 from tests.inprocess import running
 
+ROOT = Path(__file__).resolve().parents[1]
 MAX_CONCURRENCY = 3
 MAX_RPS = 20.0
 
@@ -163,3 +165,39 @@ async def test_readyz_names_redis(redis_url: str, bot_settings: Callable[..., Se
                 await server.stop()
         assert status == expected, body
         assert ('"redis": "ok"' in body) == (expected == 200), body
+
+
+@pytest.mark.parametrize("hold", [0.15, 0.0], ids=["slow-calls", "fast-calls"])
+async def test_two_processes_never_exceed_the_caps_summed(
+    redis_url: str, redis_prefix: str, hold: float
+) -> None:
+    """The same with two real processes (tests/gate_worker.py), 30 calls each."""
+    workers = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "tests.gate_worker",
+            redis_url,
+            redis_prefix,
+            "30",
+            str(hold),
+            cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        for _ in range(2)
+    ]
+    outputs = [await asyncio.wait_for(worker.communicate(), 60) for worker in workers]
+    assert [worker.returncode for worker in workers] == [0, 0]
+    spans = sorted(
+        (float(a), float(b))
+        for out, _err in outputs
+        for a, b in (line.split() for line in out.decode().splitlines())
+    )
+    assert len(spans) == 60
+    starts = [start for start, _end in spans]
+    busiest = max(sum(1 for t in starts[i:] if t < s + 1.0) for i, s in enumerate(starts))
+    # The most calls in flight together: at each start, the spans still open.
+    peak = max(sum(1 for a, b in spans if a <= s < b) for s in starts)
+    print(f"two processes: peak {peak} in flight, busiest second {busiest}")
+    assert peak <= MAX_CONCURRENCY, peak
+    assert busiest <= MAX_RPS, busiest
