@@ -14,6 +14,7 @@ from aiogram.client.default import DefaultBotProperties
 from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
 from aiogram.enums import ParseMode
+from aiogram.exceptions import TelegramAPIError
 from aiogram.fsm.storage.base import BaseEventIsolation, BaseStorage, DefaultKeyBuilder
 from aiogram.fsm.storage.memory import MemoryStorage
 from aiogram.fsm.storage.redis import RedisStorage
@@ -58,7 +59,7 @@ class App:
     in_flight: InFlight
     redis: Redis | None = None
     shared_gate: SharedCallGate | None = None
-    exit_reason: str | None = None  # why polling stopped on its own (exit status 2)
+    exit_reason: str | None = None  # why it stopped on its own (exit status 2)
     _background: set[asyncio.Task[None]] = field(default_factory=set)
 
     async def on_startup(self) -> None:
@@ -109,7 +110,11 @@ class App:
         server = HttpServer(self, webhook=True)
         await server.start()  # runs the dispatcher's startup hooks first
         try:
-            await self.bot.set_webhook(**webhook_params(self))
+            try:
+                await self.bot.set_webhook(**webhook_params(self))
+            except TelegramAPIError as exc:  # e.g. a port Telegram does not post to
+                self.exit_reason = f"Telegram refused WEBHOOK_URL: {exc.message}"
+                return
             log.info("webhook set; serving updates")
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()

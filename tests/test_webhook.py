@@ -19,6 +19,7 @@ from storage.db import Database
 from storage.models import OrderStatus
 from tests.botproc import (
     BotProcess,
+    BotProcessError,
     arrive,
     buy,
     code_messages,
@@ -239,3 +240,20 @@ async def test_two_replicas_share_the_users_step_through_redis(
                 await client.delete(*keys)
         finally:
             await client.aclose()
+
+
+@pytest.mark.telegram_errors_expected  # the refusal is the point
+async def test_a_webhook_url_telegram_refuses_is_one_line_and_exit_2(
+    telegram: FakeTelegram, smsman: FakeSmsMan, tmp_path: Path
+) -> None:
+    settings = webhook_settings(free_port(), SECRET)
+    settings["webhook_url"] = "https://bot.example.com:8080/telegram"  # not 443/80/88/8443
+    bot = BotProcess.for_fakes(telegram, smsman, tmp_path, **settings)
+    with pytest.raises(BotProcessError, match="exited with 2"):
+        await bot.start(timeout=20)
+    lines = [line for line in bot.log_text().splitlines() if "refused WEBHOOK_URL" in line]
+    assert lines == [
+        "Telegram refused WEBHOOK_URL: Bad Request: bad webhook: "
+        "Webhook can be set up only on ports 80, 88, 443 or 8443"
+    ]
+    assert "Traceback" not in bot.log_text()
