@@ -18,6 +18,14 @@ callback_data, "message is not modified", blocked users, flood control...).
 
 Everything runs on the test's event loop, so state is inspected directly
 (`user.messages`, `fake.calls`) without locks.
+
+Webhooks: after `setWebhook` the fake POSTs each update (JSON, with the
+X-Telegram-Bot-Api-Secret-Token header) to the URL, like Telegram: again after a non-2xx
+answer or `webhook_timeout`, one chat's updates in order, up to max_connections at once;
+getUpdates answers 409 meanwhile. `fake.route_webhook([url1, url2])` spreads the posts
+over several replicas as a load balancer would; `fake.webhook_posts` records each post.
+Unlike Telegram (HTTPS on 443, 80, 88 or 8443 only), `http://` to a loopback host is
+accepted so that tests need no TLS.
 """
 
 from __future__ import annotations
