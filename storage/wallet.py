@@ -32,6 +32,11 @@ _BALANCE = text(
 _HISTORY = text(
     f"SELECT {LEDGER_COLUMNS} FROM ledger WHERE user_id = :user_id ORDER BY id DESC LIMIT :limit"
 )
+_HOLDS_MONEY = text(
+    "SELECT EXISTS (SELECT 1 FROM users WHERE balance <> 0)"
+    " OR EXISTS (SELECT 1 FROM orders WHERE money = 'held')"
+)
+_LAST_ORDER_CURRENCY = text("SELECT currency FROM orders ORDER BY id DESC LIMIT 1")
 _BALANCE_MISMATCH = text(
     "SELECT u.id, u.balance, COALESCE(SUM(l.amount), 0) FROM users u"
     " LEFT JOIN ledger l ON l.user_id = u.id GROUP BY u.id, u.balance"
@@ -70,11 +75,6 @@ _EXPECTED_ROWS: dict[Money, tuple[int, int, int]] = {
     Money.RELEASED: (1, 0, 1),
     Money.CAPTURED: (1, 1, 0),
 }
-_HOLDS_MONEY = text(
-    "SELECT EXISTS (SELECT 1 FROM users WHERE balance <> 0)"
-    " OR EXISTS (SELECT 1 FROM orders WHERE money = 'held')"
-)
-_LAST_ORDER_CURRENCY = text("SELECT currency FROM orders ORDER BY id DESC LIMIT 1")
 
 
 class Wallet:
@@ -171,8 +171,8 @@ class Wallet:
         wallets' currency was recorded (databases older than that record)."""
 
         async def q(conn: AsyncConnection) -> str | None:
-            value = await sql.scalar(conn, _LAST_ORDER_CURRENCY)
-            return None if value is None else str(value)
+            found = await sql.scalar(conn, _LAST_ORDER_CURRENCY)
+            return None if found is None else str(found)
 
         return await self._db.read(q)
 
