@@ -8,7 +8,7 @@ before any handler runs (a stranger in private mode) leaves nothing behind.
 from __future__ import annotations
 
 import json
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -108,6 +108,7 @@ class DatabaseFsmStorage(BaseStorage):
         self._rows: OrderedDict[str, tuple[str | None, str]] | None = (
             OrderedDict() if db.is_sqlite else None
         )
+        self._writing: Counter[str] = Counter()  # key -> writes in flight
 
     async def _row(self, key: str) -> tuple[str | None, str]:
         rows = self._rows
@@ -118,18 +119,34 @@ class DatabaseFsmStorage(BaseStorage):
             # A write queued while this read ran is newer than what the read saw.
             row = rows.setdefault(key, (state, _canonical(data)))
         rows.move_to_end(key)
-        while len(rows) > self._capacity:
-            rows.popitem(last=False)
+        self._evict(rows)
         return row
+
+    def _evict(self, rows: OrderedDict[str, tuple[str | None, str]]) -> None:
+        """Forget the least recent rows beyond `capacity`, never one being written (a read
+        of it could still see the row before that write)."""
+        for _ in range(len(rows) - self._capacity):
+            oldest = next(iter(rows))
+            if self._writing[oldest]:
+                rows.move_to_end(oldest)
+            else:
+                del rows[oldest]
 
     async def _write(self, key: str, row: tuple[str | None, str], write: Awaitable[None]) -> None:
         assert self._rows is not None
         self._rows[key] = row
+        self._writing[key] += 1
         try:
             await write
-        except BaseException:
+        except Exception:
+            # Failed: what is stored is unknown, read it again. (A cancelled caller's write
+            # goes on to COMMIT, see storage/db.py: the row stays.)
             self._rows.pop(key, None)
             raise
+        finally:
+            self._writing[key] -= 1
+            if not self._writing[key]:
+                del self._writing[key]
 
     async def set_state(self, key: StorageKey, state: str | State | None = None) -> None:
         value = state.state if isinstance(state, State) else state
