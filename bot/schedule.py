@@ -45,7 +45,7 @@ PRIOR_RATE = 1 / 300  # codes per second of the flat prior (its level does not m
 PSEUDO_ORDERS = 10.0  # weight of the parent curve, in orders watched through each bin
 GUARANTEE_FACTOR = 4.0
 TAIL_SHARE = 0.8
-TAIL_PENALTY = 30.0
+TAIL_PENALTY = 10.0
 RESCORE_EVERY = 0.5
 
 Key = tuple[int, int]  # (service_id, country_id)
@@ -203,6 +203,7 @@ class _Waiting:
     bought_at: float
     deadline: float
     last_poll: float
+    watched_since: float  # the guarantee counts from here (this process's first sight)
 
 
 class PollPolicy:
@@ -234,19 +235,17 @@ class PollPolicy:
         key: Key,
         bought_at: float,
         deadline: float,
-        last_poll: float | None = None,
+        unseen_since: float | None = None,
     ) -> None:
-        """A waiting order (read by a step, or at start: then its last poll is unknown,
-        taken as its purchase)."""
+        """A waiting order read by a step; or at start (`unseen_since`: now): when it was
+        last polled is unknown, so a code may have come any time since its purchase, and
+        the guarantee counts from now."""
         known = self._waiting.get(order_id)
         if known is not None:
             known.key, known.bought_at, known.deadline = key, bought_at, deadline
-            if last_poll is not None:
-                known.last_poll = last_poll
             return
-        self._waiting[order_id] = _Waiting(
-            key, bought_at, deadline, bought_at if last_poll is None else last_poll
-        )
+        since = bought_at if unseen_since is None else unseen_since
+        self._waiting[order_id] = _Waiting(key, bought_at, deadline, bought_at, since)
 
     def polled(self, order_id: int, at: float) -> None:
         """A step for the order started (it asks SMS-Man once)."""
@@ -254,7 +253,7 @@ class PollPolicy:
         if known is not None:
             known.last_poll = at
         else:  # just bought: the poller is first told when its step has read it
-            self._waiting[order_id] = _Waiting(None, at - self.interval, math.inf, at)
+            self._waiting[order_id] = _Waiting(None, at - self.interval, math.inf, at, at)
 
     def code_came(self, order_id: int, at: float) -> None:
         """The order's first code was found at `at`: learn from it, stop tracking it."""
@@ -294,7 +293,7 @@ class PollPolicy:
         # Room to poll every order once before its guarantee ends, should all come due
         # together (with a fifth of the budget going to purchases and the like).
         margin = max(0.1 * gap, 1.25 * self.waiting / self.max_rps, 2 * self._queue_delay)
-        at = known.last_poll + max(gap - margin, 0.0)
+        at = max(known.last_poll, known.watched_since) + max(gap - margin, 0.0)
         before_deadline = known.deadline - self.last_call_before_deadline()
         if known.last_poll < before_deadline:
             at = min(at, before_deadline)
@@ -346,7 +345,7 @@ class PollPolicy:
         for order_id, entry in ready.items():
             if order_id not in self._waiting:  # bought, not stepped yet: due 1 interval on
                 bought = entry.due - self.interval
-                self._waiting[order_id] = _Waiting(None, bought, math.inf, bought)
+                self._waiting[order_id] = _Waiting(None, bought, math.inf, bought, bought)
             by = self.must_poll_by(order_id)
             if by <= now:
                 overdue.append((by, order_id))

@@ -453,6 +453,29 @@ class Orders:
 
         return await self._db.read(q)
 
+    async def first_code_times(
+        self, limit: int = 20_000
+    ) -> list[tuple[int, int, float | None, float]]:
+        """The newest `limit` orders past waiting, for the poller's schedule: (service_id,
+        country_id, seconds from purchase to the first code or None, seconds watched until
+        the order ended without one)."""
+
+        def q(conn: sqlite3.Connection) -> list[tuple[int, int, float | None, float]]:
+            result = []
+            for service, country, created, updated, first in conn.execute(
+                "SELECT service_id, country_id, created_at, updated_at,"
+                " (SELECT MIN(received_at) FROM codes WHERE codes.order_id = orders.id)"
+                " FROM orders WHERE status IN ('received', 'finished', 'cancelled', 'expired')"
+                " ORDER BY id DESC LIMIT ?",
+                (limit,),
+            ):
+                to_code = None if first is None else max(0.0, first - created)
+                watched = to_code if to_code is not None else max(0.0, updated - created)
+                result.append((service, country, to_code, watched))
+            return result
+
+        return await self._db.read(q)
+
     async def codes_of(self, order_id: int) -> list[Code]:
         def q(conn: sqlite3.Connection) -> list[Code]:
             return [

@@ -10,6 +10,7 @@ earliest due (today's fixed rate) or the policy's choice.
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 from dataclasses import dataclass, field
@@ -218,7 +219,7 @@ def test_the_curve_integrates_exactly_for_a_constant_rate() -> None:
 
 
 def test_without_a_binding_cap_every_order_is_polled_every_interval_as_today() -> None:
-    kwargs = dict(budget=50.0, rate=0.2, seconds=400.0, warmup=0.0, seed=5)
+    kwargs = {"budget": 50.0, "rate": 0.2, "seconds": 400.0, "warmup": 0.0, "seed": 5}
     fixed = simulate(policy=None, **kwargs)
     learned = simulate(policy=make_policy(50.0, warm_model(random.Random(1), 500)), **kwargs)
     # The same polls, at most a few call slots apart (who of two due at once goes first).
@@ -229,7 +230,7 @@ def test_without_a_binding_cap_every_order_is_polled_every_interval_as_today() -
         assert all(abs(a - b) <= 0.1 for a, b in zip(polls, other, strict=True))
     assert sorted(fixed.delays) == pytest.approx(sorted(learned.delays), abs=0.1)
     for polls in learned.polls.values():
-        gaps = [b - a for a, b in zip(polls, polls[1:], strict=False)]
+        gaps = [b - a for a, b in itertools.pairwise(polls)]
         assert all(abs(gap - INTERVAL) < 0.05 for gap in gaps)
 
 
@@ -262,7 +263,7 @@ def test_under_a_binding_cap_each_order_is_polled_just_before_its_deadline() -> 
 def test_under_a_binding_cap_codes_are_found_sooner_and_the_tail_is_no_worse() -> None:
     """Steady state at 1/4 of the bench's scale (about 250 waiting orders, 5 calls a
     second: the same N/B), the same bought orders and codes for both schedulers."""
-    kwargs = dict(budget=5.0, rate=0.6, seconds=4000.0, warmup=1300.0, seed=11)
+    kwargs = {"budget": 5.0, "rate": 0.6, "seconds": 4000.0, "warmup": 1300.0, "seed": 11}
     fixed = simulate(policy=None, **kwargs)
     learned = simulate(policy=make_policy(5.0, warm_model(random.Random(4), 2000)), **kwargs)
     mean_fixed = sum(fixed.delays) / len(fixed.delays)
