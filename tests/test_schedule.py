@@ -158,7 +158,8 @@ def make_policy(budget: float, model: ArrivalModel | None = None) -> PollPolicy:
 def test_unseen_orders_follow_a_flat_prior_so_the_longest_waiting_goes_first() -> None:
     policy = make_policy(20)
     for i, (bought, last) in enumerate([(0, 100), (50, 60), (200, 210)]):
-        policy.track(i, key=(i, i), bought_at=bought, deadline=LIFETIME, last_poll=last)
+        policy.track(i, key=(i, i), bought_at=bought, deadline=LIFETIME)
+        policy.polled(i, last)
     scores = [policy.score(i, 260) for i in range(3)]
     assert scores[1] > scores[0] > scores[2]  # 200, 160 and 50 s since the last poll
 
