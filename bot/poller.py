@@ -213,6 +213,7 @@ class Poller:
             entry = self._entries[order_id] = _Entry(order_id, math.inf)
         entry.redeliver = True
         if not entry.running:  # a running step sets the next time itself (with backoff)
+            entry.routine = False  # even if already due: not the policy's to defer
             self.schedule(order_id, self.clock() + self._interval)
 
     def _push(self, entry: _Entry, at: float) -> None:
@@ -474,7 +475,7 @@ class Poller:
             next_at = min(next_at, self._back_off(entry))
         if deadline > now:
             next_at = min(next_at, deadline)  # reject or close on time
-        entry.routine &= next_at == polled_at
+        entry.routine &= next_at == polled_at and not entry.redeliver
         return next_at
 
     def _back_off(self, entry: _Entry) -> float:
