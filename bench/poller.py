@@ -65,7 +65,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import percentile
+from bench._common import LoopLag, percentile
 from bot.smsman.client import SmsManClient
 from bot.ui.callbacks import BuyCb
 from storage.db import Database
@@ -337,6 +337,7 @@ class BudgetRun:
     get_sms_rate: float
     busiest: int  # most SMS-Man calls started in any one second (whole run)
     cpu_s: float
+    stalls: str  # this process's event loop (the fakes): late wake-ups stamp calls late
 
     def line(self) -> str:
         every = self.delays + self.undelivered
@@ -348,7 +349,7 @@ class BudgetRun:
             f"  p90={percentile(every, 90):5.1f}s  p99={percentile(every, 99):5.1f}s"
             f"  max={max(every, default=float('nan')):5.1f}s  calls={self.calls_rate:4.1f}/s"
             f" (get-sms {self.get_sms_rate:4.1f}/s)  busiest 1s={self.busiest:>3}"
-            f"  bot CPU={self.cpu_s:5.1f}s"
+            f"  bot CPU={self.cpu_s:5.1f}s\n         bench loop (fakes' clock): {self.stalls}"
         )
 
 
@@ -544,6 +545,8 @@ async def budget_run(
                 sms_poll_scheduler=scheduler,  # bench/ops switch, read by bot/app.py
             )
             await bot.start(timeout=120)
+            lag = LoopLag(0.02)
+            lag.start()
             try:
                 ready = time.monotonic()
                 start, end = ready + settle, ready + settle + window
@@ -568,6 +571,7 @@ async def budget_run(
                 finished = time.monotonic()
                 cpu = bot.cpu_seconds()
             finally:
+                lag.stop()
                 await bot.stop()
             log = bot.log_text()
             if "Traceback" in log:
@@ -585,6 +589,7 @@ async def budget_run(
                 get_sms_rate=get_sms / window,
                 busiest=busiest_second(every_call),
                 cpu_s=cpu,
+                stalls=lag.summary(),
             )
     finally:
         await smsman.stop()
