@@ -23,17 +23,25 @@ import pytest
 
 from bot.app import App
 from bot.settings import Settings
+from sandbox.smsman import TERMINAL, FakeSmsMan
+from sandbox.telegram import FakeTelegram
 from storage.db import Database
 from storage.errors import InsufficientFunds
 from storage.models import Money, Order, OrderStatus
-from tests.fakes.smsman import TERMINAL, FakeSmsMan
-from tests.fakes.telegram import FakeTelegram
 from tests.inprocess import running
 from tests.test_shop import SHOP
 
 pytestmark = pytest.mark.asyncio
 
 SettingsFactory = Callable[..., Settings]
+
+
+@pytest.fixture
+def bot_settings(bot_settings_on_each_engine: SettingsFactory) -> SettingsFactory:
+    """Every test here runs the bot once on SQLite and once on PostgreSQL."""
+    return bot_settings_on_each_engine
+
+
 USERS = (11, 12, 13, 14, 15, 16)
 OPERATIONS = 320  # of which >= 200 must have found something to do
 WAITING = OrderStatus.WAITING

@@ -24,6 +24,8 @@ from bot.poller import Breaker, CircuitBreaker, Poller
 from bot.services.orders import PollOutcome, StepResult
 from bot.settings import Settings
 from bot.smsman.errors import ProviderUnavailable
+from sandbox.smsman import FakeSmsMan
+from sandbox.telegram import FakeTelegram
 from storage.models import LedgerKind, Money, OrderStatus
 from tests.botproc import (
     arrive,
@@ -34,8 +36,6 @@ from tests.botproc import (
     set_status_calls,
     wait_until,
 )
-from tests.fakes.smsman import FakeSmsMan
-from tests.fakes.telegram import FakeTelegram
 from tests.flows import reach_confirm
 from tests.inprocess import running
 
@@ -55,14 +55,10 @@ async def only_order(app: App, user_id: int) -> Any:
 
 
 async def releases(app: App, order_id: int) -> int:
-    def count(conn: Any) -> int:
-        row = conn.execute(
-            "SELECT COUNT(*) FROM ledger WHERE order_id = ? AND kind = ?",
-            (order_id, LedgerKind.RELEASE.value),
-        ).fetchone()
-        return int(row[0])
-
-    return await app.db.read(count)
+    order = await app.db.orders.get(order_id)
+    assert order is not None
+    rows = await app.db.wallet.history(order.user_id, limit=10_000)
+    return sum(row.kind is LedgerKind.RELEASE and row.order_id == order_id for row in rows)
 
 
 async def bulk_buy(app: App, telegram: FakeTelegram, smsman: FakeSmsMan, count: int) -> list[int]:

@@ -14,9 +14,9 @@ import pytest
 from bot.settings import Settings
 from bot.smsman.client import SmsManClient
 from bot.smsman.types import Status
+from sandbox.smsman import FakeSmsMan
+from sandbox.telegram import FakeTelegram
 from storage.db import Database
-from tests.fakes.smsman import FakeSmsMan
-from tests.fakes.telegram import FakeTelegram
 from tests.inprocess import running
 
 SettingsFactory = Callable[..., Settings]
