@@ -190,3 +190,38 @@ async def test_a_cancel_is_not_queued_behind_the_polls(
         assert result.outcome.value == "done"
         assert smsman.requests[target.request_id].statuses == [Status.REJECT.value]
         assert took < 1.0, f"the cancel took {took:.2f}s"
+
+
+async def test_first_code_times_reads_codes_and_censored_orders(database_url: str) -> None:
+    """storage's one read for the schedule: time to the first code of ended orders, and how
+    long those without one were watched; waiting and failed orders are left out."""
+    async with await Database.open(database_url) as db:
+        now = 1_000_000.0
+        await write_history(db, now)  # 40 FAST with a code after 4-6 s, 40 SLOW expired
+        waiting = await db.orders.create(
+            user_id=1,
+            chat_id=1,
+            country_id=8,
+            country_title="Philippines",
+            service_id=FAST,
+            service_title="x",
+            price=0,
+            cost=100,
+            currency="RUB",
+            idempotency_key="still-waiting",
+            multiple_sms=False,
+            hold=False,
+            max_active=100,
+            now=now,
+        )
+        await db.orders.mark_waiting(
+            waiting.id, request_id=1, number="7", expires_at=now + 1200, next_poll_at=now, now=now
+        )
+        rows = await db.orders.first_code_times()
+        assert len(rows) == 80
+        fast = [row for row in rows if row[0] == FAST]
+        slow = [row for row in rows if row[0] == SLOW]
+        assert {row[1] for row in rows} == {1}
+        assert all(row[2] is not None and 4 <= row[2] <= 6 and row[3] == row[2] for row in fast)
+        assert all(row[2] is None and row[3] == pytest.approx(1200) for row in slow)
+        assert len(await db.orders.first_code_times(limit=10)) == 10
