@@ -12,9 +12,9 @@ says which goes next:
    polled in the last moments before its deadline, goes next, earliest first.
 3. The rest by expected gain: for each order, how long a code has probably been waiting
    already (the expected delay accrued since its last poll, from the learned arrival
-   curve), plus a heavy penalty for whatever part of it exceeds `TAIL_SHARE` x N/B (about
-   the gap the fixed rate would give), so that rare late codes are not starved to feed the
-   likely early ones. The ranking is recomputed at most every `RESCORE_EVERY` seconds.
+   curve), whatever part of it exceeds `TAIL_SHARE` x N/B (about the gap the fixed rate
+   would give) counted `TAIL_PENALTY` times more, so that rare late codes are not starved
+   to feed the likely early ones. The ranking is recomputed every `RESCORE_EVERY` seconds.
 
 The arrival curve (`ArrivalModel`) is learned from our own history: time from purchase
 to the first code per (service, country), orders that ended without one counted as
