@@ -29,8 +29,9 @@ then the spread over `--runs`. Exit status 0 when the aims hold in every run: wa
 `--aim` ms (50), both bursts p99 <= `--burst-aim` ms (250), CPU per click <= `--cpu-aim`
 ms (3), no SMS-Man call for navigation and no Telegram error.
 
-`--py-spy FILE` records the bot's process during the walk of the first run (py-spy's raw
-format; `python bench/pyspy_shares.py FILE` prints the shares).
+`--py-spy FILE` records the bot's process during the walk of the first run, sampling the
+thread that holds the GIL (needs py-spy in the venv: `pip install py-spy`; raw format;
+`python bench/pyspy_shares.py FILE` prints the shares).
 """
 
 from __future__ import annotations
