@@ -74,7 +74,12 @@ async def test_two_replicas_never_exceed_the_caps_summed(
     starts.sort()
     busiest = max(sum(1 for t in starts[i:] if t < start + 1.0) for i, start in enumerate(starts))
     assert peak <= MAX_CONCURRENCY, peak
-    assert busiest <= MAX_RPS, busiest
+    # Starts are stamped by the workers after the gate lets them go, so a late wake-up of
+    # one call and a prompt one twenty calls later can share a window: the slots are spaced
+    # on Redis's clock, the stamps carry the machine's scheduling jitter. The replica run's
+    # own tolerance (issue 14: at most 10% over SMSMAN_MAX_RPS) applies; two unshared
+    # gates reach 2x.
+    assert busiest <= MAX_RPS * 1.1, busiest
     if hold[0] > 0:
         assert peak == MAX_CONCURRENCY, "slow calls: the concurrency cap binds"
     else:
