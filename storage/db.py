@@ -26,6 +26,7 @@ from storage import migrate as _migrate
 from storage.codes import Codes
 from storage.kv import KeyValue
 from storage.orders import Orders
+from storage.payments import Payments
 from storage.stats import Stats
 from storage.users import Users
 from storage.wallet import Wallet
@@ -142,6 +143,7 @@ class Database:
         self.wallet = Wallet(self)
         self.kv = KeyValue(self)
         self.stats = Stats(self)
+        self.payments = Payments(self)
 
     @classmethod
     async def open(cls, url_or_path: str | Path, *, target_version: int | None = None) -> Database:

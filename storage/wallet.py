@@ -6,7 +6,7 @@ import sqlite3
 import time
 from typing import TYPE_CHECKING
 
-from storage import ledger, rows
+from storage import ledger, payments, rows
 from storage.errors import InsufficientFunds, InvalidAmount
 from storage.models import LedgerKind, LedgerRow, Money, OrderStatus
 from storage.rows import LEDGER_COLUMNS
@@ -213,4 +213,5 @@ def invariant_violations(conn: sqlite3.Connection) -> list[str]:
             )
         if other_user:
             problems.append(f"order {order_id}: {other_user} ledger row(s) of another user")
+    problems += payments.violations(conn)  # Stars top-ups and their refunds
     return problems
