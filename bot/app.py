@@ -24,6 +24,7 @@ from bot.services.admin import AdminService
 from bot.services.catalogue import CatalogueService
 from bot.services.orders import OrderService
 from bot.services.pricing import Pricing
+from bot.services.stars import StarsService
 from bot.services.users import UserService
 from bot.settings import Settings
 from bot.smsman.client import SmsManClient
@@ -47,6 +48,7 @@ class App:
     orders: OrderService
     admin: AdminService
     poller: Poller
+    stars: StarsService
     i18n: I18n
     in_flight: InFlight
     _background: set[asyncio.Task[None]] = field(default_factory=set)
@@ -57,6 +59,7 @@ class App:
         await self.poller.start()
         self._spawn(self._warm())
         self._spawn(self.admin.watch_balance())
+        self._spawn(self.stars.run_reconciler())
 
     async def on_shutdown(self) -> None:
         await self.in_flight.wait(timeout=5.0)
@@ -107,6 +110,8 @@ async def build_app(settings: Settings) -> App:
     catalogue = CatalogueService(client, settings.popular_countries)
     pricing = Pricing(settings, db)
     await pricing.load()
+    stars = StarsService(settings, db, bot)
+    await stars.load()
 
     async def on_blocked(chat_id: int) -> None:
         await db.users.set_blocked(chat_id, True)
@@ -153,6 +158,7 @@ async def build_app(settings: Settings) -> App:
         orders=orders,
         admin=admin,
         poller=poller,
+        stars=stars,
         i18n=i18n,
         in_flight=in_flight,
     )
@@ -166,6 +172,7 @@ async def build_app(settings: Settings) -> App:
         pricing=pricing,
         access=access,
         admin=admin,
+        stars_service=stars,
         users=users,
         i18n=i18n,
         menus=Menus(catalogue, pricing, settings),

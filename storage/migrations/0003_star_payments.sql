@@ -16,7 +16,7 @@ CREATE TABLE payments (
     refund_attempts INTEGER NOT NULL DEFAULT 0,
     created_at      REAL    NOT NULL,
     updated_at      REAL    NOT NULL,
-    refund_seen_at  REAL                             -- the refunded_payment message came
+    refund_seen_at  REAL                             -- Telegram reported the refund
 );
 
 CREATE INDEX payments_user ON payments (user_id, created_at);
