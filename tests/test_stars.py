@@ -9,8 +9,6 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from bot.app import App
 from bot.services.stars import PayloadSigner, Quote, stars_credit
 from bot.settings import Settings
@@ -18,11 +16,9 @@ from storage.models import LedgerKind
 from storage.payments import PaymentSource, PaymentStatus
 from tests.fakes.smsman import FakeSmsMan
 from tests.fakes.telegram import FakeMessage, FakeTelegram, FakeUser, StarPayment
-from tests.flows import say
+from tests.flows import reach_confirm, say
 from tests.inprocess import running
 from tests.test_shop import ADMIN, PRICE, SHOP
-
-pytestmark = pytest.mark.asyncio
 
 SettingsFactory = Callable[..., Settings]
 # 100 Stars x 0.30 = 30.00 ₽: one number (29.00 ₽) fits, two do not.
@@ -106,21 +102,15 @@ async def test_top_up_end_to_end(
         assert row.kind is LedgerKind.CREDIT and row.idempotency_key == f"stars:{payment.charge_id}"
 
         # The money buys a number; a second one no longer fits, with a Top up button.
-        confirm = await reach_confirm_shop(user)
+        confirm = await reach_confirm(user)
         await user.click("✅ Buy", message_id=confirm.message_id)
         await user.wait_for("Number: +")
-        confirm = await reach_confirm_shop(user)
+        confirm = await reach_confirm(user)
         await user.click("✅ Buy", message_id=confirm.message_id)
         short = await user.wait_for("top up", new_only=True)
         assert any("Top up" in label for label in short.labels)
         assert await app.db.wallet.balance(1) == (CREDIT_100 - PRICE, PRICE)
         assert await app.db.wallet.check_invariant() == []
-
-
-async def reach_confirm_shop(user: FakeUser) -> FakeMessage:
-    from tests.flows import reach_confirm
-
-    return await reach_confirm(user)
 
 
 async def test_successful_payment_delivered_twice_credits_once(
@@ -206,7 +196,7 @@ async def test_refund_of_spent_money_is_refused_with_a_clear_reply(
     async with running(bot_settings(**STARS_SHOP)) as app:
         user, admin = telegram.user(1), telegram.user(ADMIN)
         payment = await top_up(user)
-        confirm = await reach_confirm_shop(user)
+        confirm = await reach_confirm(user)
         await user.click("✅ Buy", message_id=confirm.message_id)
         await user.wait_for("Number: +")  # 29.00 of the 30.00 on hold
         reply = await say(admin, f"/refund 1 {payment.charge_id}", "Not refunded")
@@ -326,7 +316,7 @@ async def test_invariant_holds_after_a_random_mix_with_restarts(
                     if action == "twice":
                         telegram.deliver_payment(payment)
                 elif action == "buy":
-                    confirm = await reach_confirm_shop(user)
+                    confirm = await reach_confirm(user)
                     await user.click("✅ Buy", message_id=confirm.message_id)
                     await user.wait_for(
                         predicate=lambda m: "Number: +" in m.text or "top up" in m.text,
