@@ -346,3 +346,25 @@ async def test_invariant_holds_after_a_random_mix_with_restarts(
             refunded += stored.stars if payment.refunded else 0
         assert telegram.stars_balance == topped - refunded
     assert counts.get("lost", 0) and counts.get("refund", 0), counts
+
+
+async def test_russian_user_sees_the_top_up_in_russian(
+    telegram: FakeTelegram, smsman: FakeSmsMan, bot_settings: SettingsFactory
+) -> None:
+    async with running(bot_settings(**STARS_SHOP)) as app:
+        user = telegram.user(3, language_code="ru")
+        menu = await say(user, "/topup", "звёздами Telegram")
+        await user.click("100 ⭐", message_id=menu.message_id)
+        await user.wait_for(predicate=lambda m: m.invoice is not None)
+        [invoice] = user.invoices
+        assert invoice.invoice is not None and "Пополнение" in invoice.invoice["title"]
+        refused = await user.pay(invoice, total_amount=99)
+        assert refused.error_message == (
+            "Сумма не совпадает со счётом. Получите новый счёт через /topup."
+        )
+        await user.pay(invoice)
+        thanks = await user.wait_for("Спасибо")
+        assert "30.00 ₽" in thanks.text
+        support = await say(user, "/paysupport", "Оплата и возвраты")
+        assert "<" not in support.text
+        assert await app.db.wallet.balance(3) == (CREDIT_100, 0)
