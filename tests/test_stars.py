@@ -368,3 +368,43 @@ async def test_russian_user_sees_the_top_up_in_russian(
         support = await say(user, "/paysupport", "Оплата и возвраты")
         assert "<" not in support.text
         assert await app.db.wallet.balance(3) == (CREDIT_100, 0)
+
+
+async def test_refund_with_no_answer_is_settled_by_the_reconciler_once(
+    telegram: FakeTelegram, smsman: FakeSmsMan, bot_settings: SettingsFactory
+) -> None:
+    """Telegram fails (5xx) on the first refund, and the second one's answer is lost after
+    Telegram did it: both stay "refunding" (money off the wallet) until the reconciler asks
+    again, and no charge is refunded twice."""
+    async with running(bot_settings(**STARS_SHOP)) as app:
+        app.stars.stuck_after = 0.0
+        ann, bob, admin = telegram.user(1), telegram.user(2), telegram.user(ADMIN)
+        first, second = await top_up(ann), await top_up(bob)
+        telegram.fail_next("refundStarPayment", status=500)
+        reply = await say(admin, f"/refund 1 {first.charge_id}", "did not answer")
+        assert "/user 1" in reply.text
+        stored = await app.db.payments.get(str(first.charge_id))
+        assert stored is not None and stored.status is PaymentStatus.REFUNDING
+        assert await app.db.wallet.balance(1) == (0, 0)
+        assert await app.db.wallet.check_invariant() == []
+        assert telegram.stars_balance == 200
+
+        # Bob's refund goes through at Telegram, but the bot never hears it (a lost answer
+        # and a lost refunded_payment update), as after a crash.
+        assert await app.db.payments.begin_refund(str(second.charge_id)) is not None
+        await app.bot.refund_star_payment(2, str(second.charge_id))
+        telegram._updates[:] = [u for u in telegram._updates if "refunded_payment" not in str(u)]
+
+        await app.stars.reconcile()
+        await telegram.wait_idle()
+        for payment in (first, second):
+            stored = await app.db.payments.get(str(payment.charge_id))
+            assert stored is not None and stored.status is PaymentStatus.REFUNDED, stored
+        assert telegram.stars_balance == 0
+        refunds = [c for c in telegram.calls_to("refundStarPayment") if c.ok]
+        assert len(refunds) == 2  # Ann's asked again; Bob's seen in the transactions
+        assert await app.db.wallet.balance(1) == (0, 0)
+        assert await app.db.wallet.balance(2) == (0, 0)
+        assert await app.db.wallet.check_invariant() == []
+        await app.stars.reconcile()  # nothing more
+        assert len([c for c in telegram.calls_to("refundStarPayment") if c.ok]) == 2

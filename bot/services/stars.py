@@ -25,7 +25,12 @@ from decimal import ROUND_DOWN, Decimal
 from enum import StrEnum
 
 from aiogram import Bot
-from aiogram.exceptions import TelegramAPIError, TelegramBadRequest, TelegramNetworkError
+from aiogram.exceptions import (
+    TelegramAPIError,
+    TelegramBadRequest,
+    TelegramNetworkError,
+    TelegramServerError,
+)
 from aiogram.types import StarTransaction, TransactionPartnerUser
 
 from bot.services.money import MINOR_PER_UNIT
@@ -138,6 +143,7 @@ class StarsService:
         self._bot = bot
         self._signer: PayloadSigner | None = None
         self._reconcile_lock = asyncio.Lock()
+        self.stuck_after = STUCK_AFTER
 
     @property
     def currency(self) -> str:
@@ -317,9 +323,9 @@ class StarsService:
     async def _settle_refunds(self, refunded_at_telegram: set[str]) -> None:
         for charge_id in refunded_at_telegram:
             payment = await self._db.payments.get(charge_id)
-            if payment is not None and payment.status is PaymentStatus.CREDITED:
-                await self.refunded_by_telegram(charge_id)
-        for payment in await self._db.payments.stuck_refunds(time.time() - STUCK_AFTER):
+            if payment is not None and payment.status is not PaymentStatus.REFUNDED:
+                await self.refunded_by_telegram(charge_id)  # a refund whose answer was lost
+        for payment in await self._db.payments.stuck_refunds(time.time() - self.stuck_after):
             result = await self._send_refund(payment)
             log.info("payment %s: unfinished refund settled: %s", payment.charge_id, result.outcome)
 
@@ -364,8 +370,10 @@ class StarsService:
             await self._bot.refund_star_payment(
                 user_id=payment.user_id, telegram_payment_charge_id=payment.charge_id
             )
-        except TelegramNetworkError:
-            log.warning("payment %s: refund sent, no answer; settled later", payment.charge_id)
+        except (TelegramNetworkError, TelegramServerError) as exc:
+            # Maybe refunded, maybe not: stays "refunding" until the reconciler asks again
+            # (Telegram refuses a second refund of one charge, so asking again is safe).
+            log.warning("payment %s: refund outcome unknown (%s)", payment.charge_id, exc)
             return RefundResult(RefundOutcome.UNKNOWN, payment)
         except TelegramBadRequest as exc:
             if "ALREADY_REFUNDED" in exc.message.upper():
