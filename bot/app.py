@@ -18,7 +18,7 @@ from aiogram.utils.i18n import I18n
 
 from bot.flood import RetryAfter
 from bot.notify import Notifier
-from bot.poller import Poller
+from bot.poller import PROBE_TIMEOUT, Poller
 from bot.services.access import Access
 from bot.services.admin import AdminService
 from bot.services.catalogue import CatalogueService
@@ -67,6 +67,7 @@ class App:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
         await self.poller.stop()
+        await self.admin.stop()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
@@ -134,13 +135,16 @@ async def build_app(settings: Settings) -> App:
         pricing=pricing,
         notifier=notifier,
         i18n=i18n,
-        alert_admins=admin.alert,
+        alerts=admin,
     )
     poller = Poller(
         orders=orders,
         interval=settings.sms_poll_interval,
         concurrency=settings.smsman_max_concurrency,
         max_rps=settings.smsman_max_rps,
+        # A step makes a few SMS-Man calls, each with its retries: the probe gets time
+        # for all of them before it counts as lost.
+        probe_timeout=max(PROBE_TIMEOUT, 10 * settings.smsman_timeout),
     )
     dp = Dispatcher(storage=MemoryStorage())
     in_flight = InFlight()

@@ -14,8 +14,15 @@ per step, by the step, under the order's lock.
 - An order past its deadline is rejected (no code) or closed (a code came) by its step.
 - ProviderUnavailable backs that order off (exponential, capped, never past its deadline);
   five in a row across orders open the circuit breaker, which pauses every step, then lets
-  one probe through and resumes on its success (or pauses twice as long, capped).
+  one probe through and resumes on its success (or pauses twice as long, capped). Only an
+  outage counts: a business error SMS-Man answered about one order (an `SmsManError` other
+  than `ProviderUnavailable`) backs that order off and shows SMS-Man is up.
+- Every way out of the probe's step settles the breaker (an exception that is not SMS-Man's
+  lets the next step probe), and a probe that has not reported after `probe_timeout`
+  seconds is given up: the next step probes. Polling can pause, never stop.
 - Any other exception is logged and the order is retried after a backoff: the loop goes on.
+- Every `sweep_every` seconds, purchases stuck in `purchasing` (a write failed between the
+  hold and the number being stored) are failed and their holds released (once, in SQL).
 - The card's countdown is edited at most once a minute per order, and only when the
   minutes shown would change.
 """
@@ -44,6 +51,8 @@ MAX_BACKOFF = 60.0  # seconds: the longest an order waits after a failure
 BREAKER_THRESHOLD = 5  # provider failures in a row that open the breaker
 BREAKER_FIRST_PAUSE = 2.0
 BREAKER_MAX_PAUSE = 30.0
+PROBE_TIMEOUT = 120.0  # seconds a probe may run before the breaker lets another one through
+SWEEP_EVERY = 60.0  # seconds between two sweeps of stuck purchases
 CAP_WARNING_EVERY = 60.0
 STOP_GRACE = 5.0
 
@@ -62,11 +71,13 @@ class Breaker(Enum):
 class CircuitBreaker:
     """Pauses polling while SMS-Man is down, then lets one probe through."""
 
-    def __init__(self, clock: Callable[[], float]) -> None:
+    def __init__(self, clock: Callable[[], float], probe_timeout: float = PROBE_TIMEOUT) -> None:
         self._clock = clock
+        self._probe_timeout = probe_timeout
         self._failures = 0
         self._state = Breaker.CLOSED
         self._open_until = 0.0
+        self._probe_until = 0.0  # a probe not settled by then is given up
         self._pause = BREAKER_FIRST_PAUSE
         self.opened = 0  # times it opened (observability, tests)
 
@@ -75,20 +86,30 @@ class CircuitBreaker:
         return self._state
 
     def allow(self) -> bool:
-        """May a step start now? While open, the first call after the pause is the probe."""
+        """May a step start now? While open, the first call after the pause is the probe;
+        while probing, only once the probe overran `probe_timeout` (it is given up)."""
         if self._state is Breaker.CLOSED:
             return True
-        if self._state is Breaker.OPEN and self._clock() >= self._open_until:
-            self._state = Breaker.PROBING
+        now = self._clock()
+        if self._state is Breaker.OPEN and now >= self._open_until:
             log.info("probing SMS-Man")
-            return True
-        return False
+        elif self._state is Breaker.PROBING and now >= self._probe_until:
+            log.warning(
+                "the SMS-Man probe did not report in %.0fs: probing again", self._probe_timeout
+            )
+        else:
+            return False
+        self._state = Breaker.PROBING
+        self._probe_until = now + self._probe_timeout
+        return True
 
-    def wait_time(self) -> float | None:
-        """Seconds until `allow` may say yes; None: only after the probe's answer."""
+    def wait_time(self) -> float:
+        """Seconds until `allow` may say yes (sooner if the probe reports)."""
         if self._state is Breaker.OPEN:
             return max(0.0, self._open_until - self._clock())
-        return None if self._state is Breaker.PROBING else 0.0
+        if self._state is Breaker.PROBING:
+            return max(0.0, self._probe_until - self._clock())
+        return 0.0
 
     def success(self) -> None:
         if self._state is not Breaker.CLOSED:
@@ -137,8 +158,11 @@ class Poller:
         concurrency: int,
         clock: Callable[[], float] = time.time,
         max_rps: float | None = None,
+        probe_timeout: float = PROBE_TIMEOUT,
+        sweep_every: float = SWEEP_EVERY,
     ) -> None:
         self._orders = orders
+        self._sweep_every = sweep_every
         self._interval = interval
         self._concurrency = concurrency
         self._max_rps = max_rps
@@ -149,8 +173,11 @@ class Poller:
         self._sequence = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
+        self._sweep_wake = asyncio.Event()
         self._main: asyncio.Task[None] | None = None
-        self.breaker = CircuitBreaker(lambda: self.clock())
+        self._sweeper: asyncio.Task[None] | None = None
+        self._next_sweep = math.inf
+        self.breaker = CircuitBreaker(lambda: self.clock(), probe_timeout)
         self._last_cap_warning = -math.inf
         self.steps = 0  # steps run (observability, bench)
         orders.on_scheduled = self.schedule
@@ -187,11 +214,7 @@ class Poller:
     def wake(self) -> None:
         """Re-read the clock now (tests that move it)."""
         self._wake.set()
-
-    @property
-    def scheduled(self) -> int:
-        """Orders the poller is looking after."""
-        return len(self._entries)
+        self._sweep_wake.set()
 
     @property
     def running(self) -> bool:
@@ -217,9 +240,15 @@ class Poller:
                 len(pending),
             )
         self._main = asyncio.create_task(self._supervise(), name="poller")
+        self._next_sweep = now + self._sweep_every
+        self._sweeper = asyncio.create_task(self._sweep(), name="purchase sweep")
 
     async def stop(self, grace: float = STOP_GRACE) -> None:
         """Stop taking new steps; let running ones finish for `grace` seconds, then cancel."""
+        sweeper, self._sweeper = self._sweeper, None
+        if sweeper is not None:
+            sweeper.cancel()
+            await asyncio.wait({sweeper}, timeout=grace)
         main, self._main = self._main, None
         if main is not None:
             main.cancel()
@@ -240,7 +269,7 @@ class Poller:
             try:
                 await self._slots.acquire()
                 try:
-                    self._dispatch(await self._next_due())  # the step releases the slot
+                    self._dispatch(*await self._next_due())  # the step releases the slot
                 except BaseException:
                     self._slots.release()
                     raise
@@ -250,8 +279,25 @@ class Poller:
                 log.exception("poller supervisor failed; going on")
                 await asyncio.sleep(1.0)
 
-    async def _next_due(self) -> _Entry:
-        """Wait until the earliest-due entry is due and the breaker lets it through."""
+    async def _sweep(self) -> None:
+        """Fail purchases stuck in `purchasing`, every `sweep_every` seconds (by `clock`)."""
+        while True:
+            self._sweep_wake.clear()
+            wait = self._next_sweep - self.clock()
+            if wait <= 0:
+                try:
+                    await self._orders.fail_stale_purchases()
+                except Exception:  # the sweep never dies: the next one tries again
+                    log.exception("sweeping stuck purchases failed; going on")
+                self._next_sweep = self.clock() + self._sweep_every
+                continue
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await self._sweep_wake.wait()
+
+    async def _next_due(self) -> tuple[_Entry, bool]:
+        """Wait until the earliest-due entry is due and the breaker lets it through; the
+        entry, and whether its step is the breaker's probe."""
         while True:
             self._wake.clear()
             entry = self._peek()
@@ -259,8 +305,8 @@ class Poller:
             if entry is not None and entry.due <= now:
                 if self.breaker.allow():
                     heapq.heappop(self._heap)
-                    return entry
-                timeout = self.breaker.wait_time()
+                    return entry, self.breaker.state is Breaker.PROBING
+                timeout: float | None = self.breaker.wait_time()
             else:
                 timeout = None if entry is None else entry.due - now
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that
@@ -279,7 +325,7 @@ class Poller:
             heapq.heappop(self._heap)
         return None
 
-    def _dispatch(self, entry: _Entry) -> None:
+    def _dispatch(self, entry: _Entry, probe: bool) -> None:
         due = entry.due
         lag = self.clock() - due
         if lag > max(1.0, self._interval) and self.breaker.state is Breaker.CLOSED:
@@ -287,7 +333,7 @@ class Poller:
         entry.running = True
         entry.due = math.inf
         self.steps += 1
-        task = asyncio.create_task(self._run(entry, due), name=f"poll {entry.order_id}")
+        task = asyncio.create_task(self._run(entry, due, probe), name=f"poll {entry.order_id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -308,19 +354,24 @@ class Poller:
 
     # -- one step ------------------------------------------------------------------------
 
-    async def _run(self, entry: _Entry, due: float) -> None:
+    async def _run(self, entry: _Entry, due: float, probe: bool) -> None:
         next_at: float | None
         redeliver, entry.redeliver = entry.redeliver, False
+        settled = False  # the breaker heard how this step went
         try:
             try:
                 result = await self._orders.step(entry.order_id, redeliver=redeliver)
             except ProviderUnavailable as exc:
                 self.breaker.failure()
+                settled = True
                 log.info("order %s: SMS-Man unavailable (%s); backing off", entry.order_id, exc)
                 entry.redeliver |= redeliver
                 next_at = self._back_off(entry)
             except SmsManError as exc:
-                self.breaker.failure()
+                # A business answer about this one order: SMS-Man is up. It never pauses
+                # everyone's polling; only this order backs off.
+                self.breaker.success()
+                settled = True
                 entry.redeliver |= redeliver
                 log.warning(
                     "order %s: SMS-Man error %s: %s; backing off",
@@ -336,8 +387,7 @@ class Poller:
             else:
                 if result.answered:
                     self.breaker.success()
-                else:
-                    self.breaker.no_answer()
+                    settled = True
                 next_at = await self._after(entry, result, due)
         except asyncio.CancelledError:
             entry.running = False
@@ -347,6 +397,10 @@ class Poller:
             log.exception("order %s: after-step failed", entry.order_id)
             next_at = self._back_off(entry)
         finally:
+            if probe and not settled:
+                # The probe learnt nothing about SMS-Man (it did not ask, or it broke, or it
+                # was cancelled): the next step probes, so the breaker is never left waiting.
+                self.breaker.no_answer()
             self._slots.release()
             self._wake.set()
         entry.running = False

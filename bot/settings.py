@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from decimal import Decimal
 from enum import StrEnum
-from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
@@ -122,10 +121,6 @@ class Settings(BaseSettings):
         if not value.startswith("sqlite:///") or value == "sqlite:///":
             raise ValueError("must look like sqlite:///path/to/file.sqlite3")
         return value
-
-    @property
-    def database_path(self) -> Path:
-        return Path(self.database_url.removeprefix("sqlite:///"))
 
     @property
     def is_shop(self) -> bool:

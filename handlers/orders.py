@@ -47,6 +47,8 @@ async def _answer(callback: CallbackQuery, result: ActionResult, refused: str) -
         await callback.answer(texts.not_yours(), show_alert=True)
     elif result.outcome is ActionOutcome.TRY_LATER:
         await callback.answer(texts.try_again_later(), show_alert=True)
+    elif result.outcome is ActionOutcome.REFUSED:
+        await callback.answer(texts.cancel_refused(), show_alert=True)
     elif result.outcome is ActionOutcome.NOT_ALLOWED:
         await callback.answer(refused)
     else:

@@ -11,6 +11,7 @@ import asyncio
 import itertools
 import logging
 import random
+import sqlite3
 import time
 from collections.abc import Callable
 from decimal import Decimal
@@ -19,8 +20,10 @@ from typing import Any
 import pytest
 
 from bot.app import App
-from bot.poller import Breaker, CircuitBreaker
+from bot.poller import Breaker, CircuitBreaker, Poller
+from bot.services.orders import PollOutcome, StepResult
 from bot.settings import Settings
+from bot.smsman.errors import ProviderUnavailable
 from storage.models import LedgerKind, Money, OrderStatus
 from tests.botproc import (
     arrive,
@@ -33,6 +36,7 @@ from tests.botproc import (
 )
 from tests.fakes.smsman import FakeSmsMan
 from tests.fakes.telegram import FakeTelegram
+from tests.flows import reach_confirm
 from tests.inprocess import running
 
 SettingsFactory = Callable[..., Settings]
@@ -622,7 +626,7 @@ def test_breaker_opens_after_five_failures_probes_once_and_backs_off_doubling() 
     now += 2.0
     assert breaker.allow() and breaker.state is Breaker.PROBING
     assert not breaker.allow(), "one probe at a time"
-    assert breaker.wait_time() is None
+    assert breaker.wait_time() == pytest.approx(120.0), "until the probe reports, or times out"
     breaker.failure()  # the probe failed: open again, twice as long
     assert breaker.state is Breaker.OPEN and breaker.wait_time() == pytest.approx(4.0)
     now += 4.0
@@ -639,3 +643,241 @@ def test_breaker_opens_after_five_failures_probes_once_and_backs_off_doubling() 
         breaker.allow()
         breaker.failure()
     assert breaker.wait_time() == pytest.approx(30.0)
+
+
+# -- issue 11: the breaker never wedges, business errors never pause everyone ------------
+
+
+class _StubOrders:
+    """An OrderService stand-in for the poller alone: each step does what `plan` says
+    next (raise it, or report that SMS-Man answered)."""
+
+    def __init__(self) -> None:
+        self.on_scheduled: Any = None
+        self.on_undelivered: Any = None
+        self.plan: list[BaseException | None] = []
+        self.steps: list[int] = []
+
+    async def recover(self) -> list[Any]:
+        return []
+
+    async def orders_with_undelivered_codes(self) -> set[int]:
+        return set()
+
+    async def fail_stale_purchases(self) -> int:
+        return 0
+
+    async def step(self, order_id: int, *, redeliver: bool = False) -> StepResult:
+        self.steps.append(order_id)
+        todo = self.plan.pop(0) if self.plan else None
+        if todo is not None:
+            raise todo
+        return StepResult(PollOutcome.IDLE, None, answered=True)
+
+
+async def test_a_probe_that_breaks_on_something_else_does_not_wedge_the_breaker() -> None:
+    """Issue 11.1: the probe step raises `database is locked` (not an SMS-Man error): the
+    breaker is settled anyway, the next step probes, and polling resumes."""
+    now = 1000.0
+    orders = _StubOrders()
+    poller = Poller(orders=orders, interval=1.0, concurrency=10, clock=lambda: now)  # type: ignore[arg-type]
+    await poller.start()
+    try:
+        orders.plan = [ProviderUnavailable("http_502", "down")] * 5
+        for order_id in range(1, 6):
+            poller.schedule(order_id, now)
+        await wait_until(lambda: poller.breaker.state is Breaker.OPEN, timeout=3)
+        orders.plan = [sqlite3.OperationalError("database is locked")]  # the probe breaks
+        now += 2.5  # the first pause is over: every order is due again
+        poller.wake()
+        await wait_until(lambda: not orders.plan, timeout=3)
+        # The next due order probes; SMS-Man answers it, and polling resumes.
+        await wait_until(lambda: poller.breaker.state is Breaker.CLOSED, timeout=3)
+        await wait_until(lambda: len(orders.steps) >= 10, timeout=3)
+    finally:
+        await poller.stop(grace=1.0)
+
+
+def test_a_probe_that_never_reports_times_out() -> None:
+    """Issue 11.1: a probe step that hangs does not keep every other step out for good."""
+    now = 100.0
+    breaker = CircuitBreaker(lambda: now, 30.0)
+    for _ in range(5):
+        breaker.failure()
+    now += 2.0
+    assert breaker.allow() and breaker.state is Breaker.PROBING
+    now += 29.0
+    assert not breaker.allow(), "the probe still has time"
+    assert breaker.wait_time() == pytest.approx(1.0)
+    now += 1.0
+    assert breaker.allow(), "the probe overran its time: another step probes"
+    assert breaker.state is Breaker.PROBING
+    breaker.success()
+    assert breaker.state is Breaker.CLOSED
+
+
+async def test_business_errors_on_get_sms_never_open_the_breaker(
+    telegram: FakeTelegram, smsman: FakeSmsMan, bot_settings: SettingsFactory
+) -> None:
+    """Issue 11.2: SMS-Man answers every get-sms with an error it does not document: the
+    orders back off, but polling is never paused for everyone."""
+    async with running(bot_settings()) as app:
+        requests = await bulk_buy(app, telegram, smsman, 5)
+        smsman.override("get-sms", {"error_code": "some_error", "error_msg": "Try later"})
+        start = len(smsman.calls_to("get-sms"))
+        await wait_until(lambda: len(smsman.calls_to("get-sms")) >= start + 15, timeout=10)
+        assert app.poller.breaker.opened == 0
+        assert app.poller.breaker.state is Breaker.CLOSED
+        smsman.clear_override("get-sms")
+        arrive(smsman, requests[0], "424242")
+        user = telegram.user(1)
+        await user.wait_for("424242", predicate=lambda m: m.text.startswith("🔔"), timeout=5)
+    assert telegram.errors == []
+
+
+# -- issue 11.3: purchases stuck in `purchasing` ------------------------------------------
+
+
+async def test_a_purchase_stuck_in_purchasing_is_swept_and_released_once(
+    telegram: FakeTelegram, smsman: FakeSmsMan, bot_settings: SettingsFactory
+) -> None:
+    """The database is locked as the number is stored and as the purchase is failed: the
+    order stays `purchasing` with its hold. Later (SMSMAN_TIMEOUT plus a margin) a sweep
+    fails it, without a restart, and releases the hold once."""
+    async with running(bot_settings(**SHOP)) as app:
+        offset = 0.0
+
+        def clock() -> float:
+            return time.time() + offset
+
+        app.poller.clock = clock
+        app.orders.clock = clock
+        await credit(app, 1)
+        real_waiting, real_failed = app.db.orders.mark_waiting, app.db.orders.mark_failed
+        locked_calls: list[str] = []
+
+        def locked(name: str) -> Any:
+            async def write(*args: Any, **kwargs: Any) -> Any:
+                locked_calls.append(name)
+                raise sqlite3.OperationalError("database is locked")
+
+            return write
+
+        app.db.orders.mark_waiting = locked("waiting")  # type: ignore[method-assign]
+        app.db.orders.mark_failed = locked("failed")  # type: ignore[method-assign]
+        user = telegram.user(1)
+        confirm = await reach_confirm(user)
+        await user.click("Buy", message_id=confirm.message_id)
+        await wait_until(lambda: "waiting" in locked_calls, timeout=5)
+        await asyncio.sleep(0.5)  # the purchase ends (failed as it could)
+        app.db.orders.mark_waiting = real_waiting  # type: ignore[method-assign]
+        app.db.orders.mark_failed = real_failed  # type: ignore[method-assign]
+        order = await only_order(app, 1)
+        assert order.status is OrderStatus.PURCHASING
+        assert await app.db.wallet.balance(1) == (100_00 - PRICE, PRICE)
+
+        offset = 1.0 + 120.0  # SMSMAN_TIMEOUT is 1 s here; the margin is a minute
+        app.poller.wake()
+
+        async def failed() -> bool:
+            now = await app.db.orders.get(order.id)
+            return now is not None and now.status is OrderStatus.FAILED
+
+        await wait_until(failed, timeout=5)
+        assert await releases(app, order.id) == 1
+        assert await app.db.wallet.balance(1) == (100_00, 0)
+        offset += 600.0  # more sweeps: nothing more
+        app.poller.wake()
+        await asyncio.sleep(0.3)
+        assert await releases(app, order.id) == 1
+        assert await app.db.wallet.check_invariant() == []
+        # The number bought but never recorded was given back at SMS-Man.
+        [request] = smsman.requests.values()
+        assert request.status == "rejected"
+
+
+# -- issue 11.6: SMS-Man refuses a reject with an answer we do not know --------------------
+
+
+async def test_reject_refused_past_the_deadline_polls_on_then_ends_the_order_once(
+    telegram: FakeTelegram, smsman: FakeSmsMan, bot_settings: SettingsFactory
+) -> None:
+    async with running(bot_settings(activation_timeout=1, **SHOP)) as app:
+        admin = telegram.user(1000)
+        await admin.send("/start")
+        await admin.wait_for("Hi")
+        offset = 0.0
+
+        def clock() -> float:
+            return time.time() + offset
+
+        app.poller.clock = clock
+        app.orders.clock = clock
+        await credit(app, 1)
+        user = telegram.user(1)
+        smsman.override("set-status", {"success": False})  # no error code at all
+        card = await buy(user)
+        request_id = request_of(smsman, card.text)
+        await wait_until(lambda: set_status_calls(smsman, request_id, "reject") >= 2, timeout=8)
+        first_reject = smsman.calls_to("set-status")[0].time
+        assert [c for c in smsman.calls_to("get-sms") if c.time > first_reject], (
+            "get-sms is asked after a refused reject"
+        )
+        order = await only_order(app, 1)
+        assert order.status is OrderStatus.WAITING, "within the grace it waits for SMS-Man"
+        assert await app.db.wallet.balance(1) == (100_00 - PRICE, PRICE)
+
+        offset = 301.0  # past the deadline plus the grace
+        app.poller.wake()
+        await user.wait_for("No code came", timeout=8)
+
+        async def expired() -> bool:
+            now = await app.db.orders.get(order.id)
+            return now is not None and now.status is OrderStatus.EXPIRED
+
+        await wait_until(expired, timeout=5)
+        alert = await admin.wait_for("by hand", timeout=5)
+        assert f"#{order.id}" in alert.text and str(request_id) in alert.text
+        assert await releases(app, order.id) == 1
+        assert await app.db.wallet.balance(1) == (100_00, 0)
+        rejects = set_status_calls(smsman, request_id, "reject")
+        offset += 600.0
+        app.poller.wake()
+        await asyncio.sleep(1.0)
+        assert set_status_calls(smsman, request_id, "reject") == rejects, "it is over"
+        assert len([m for m in user.messages if "No code came" in m.text]) == 1
+        assert len([m for m in admin.messages if "by hand" in m.text]) == 1
+        assert await releases(app, order.id) == 1
+        assert await app.db.wallet.check_invariant() == []
+    assert telegram.errors == []
+
+
+async def test_cancel_refused_by_smsman_gets_an_honest_answer(
+    telegram: FakeTelegram,
+    smsman: FakeSmsMan,
+    bot_settings: SettingsFactory,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with running(bot_settings(**SHOP)) as app:
+        await credit(app, 1)
+        user = telegram.user(1)
+        card = await buy(user)
+        smsman.override(
+            "set-status",
+            {"error_code": "early_cancel", "error_msg": "You can cancel after 2 minutes"},
+            times=1,
+        )
+        callback_id = await user.click("Cancel", message_id=card.message_id)
+        answer = await user.wait_answered(callback_id)
+        assert "does not allow cancelling" in answer["text"]
+        assert "did not answer" not in answer["text"]
+        order = await only_order(app, 1)
+        assert order.status is OrderStatus.WAITING
+        assert await app.db.wallet.balance(1) == (100_00 - PRICE, PRICE)
+        assert errors_logged(caplog, "handlers") == [], "nothing reached the error handler"
+        await user.click("Cancel", message_id=card.message_id)  # a minute later: it goes
+        await user.wait_for(
+            predicate=lambda m: m.message_id == card.message_id and "cancelled" in m.text
+        )
+        assert await app.db.wallet.balance(1) == (100_00, 0)
+    assert telegram.errors == []

@@ -219,3 +219,78 @@ async def test_my_orders_lists_waiting_and_finished_and_brings_a_card_back(
         )
         assert len(user.messages) == before + 1
         assert "Cancel" in " ".join(labels(card))
+
+
+async def test_buy_again_after_a_failed_purchase_makes_a_new_attempt(
+    telegram: FakeTelegram, smsman: FakeSmsMan, bot_settings: SettingsFactory
+) -> None:
+    """Issue 11.7: SMS-Man's rate limiter answers no_numbers; tapping Buy again on the
+    same confirm screen tries again (and buys); a double tap after that still buys once."""
+    async with running(bot_settings()) as app:
+        user = telegram.user(1)
+        confirm = await reach_confirm(user)
+        buy_data = next(data for label, data in confirm.buttons[0] if "Buy" in label)
+        assert buy_data is not None
+        smsman.fail_next("get-number", "rate_limit")
+        await user.click("Buy", message_id=confirm.message_id)
+        await user.wait_for("No numbers left")
+        await user.click("Buy", message_id=confirm.message_id)
+        await user.wait_for(
+            predicate=lambda m: m.message_id == confirm.message_id and "Number: +" in m.text
+        )
+        assert len(smsman.calls_to("get-number")) == 2
+        orders = await app.db.orders.list_for_user(1)
+        assert sorted(o.status for o in orders) == sorted([OrderStatus.FAILED, OrderStatus.WAITING])
+        with telegram.hold_updates():  # the old Buy button, tapped twice more
+            await user.click_data(buy_data, message_id=confirm.message_id)
+            await user.click_data(buy_data, message_id=confirm.message_id)
+        await telegram.wait_idle(2.0)
+        assert len(smsman.calls_to("get-number")) == 2, "the bought order is found"
+        assert len(await app.db.orders.list_for_user(1)) == 2
+    assert telegram.errors == []
+
+
+async def test_provider_balance_alert_once_per_crossing_sent_in_the_background(
+    telegram: FakeTelegram, smsman: FakeSmsMan, bot_settings: SettingsFactory
+) -> None:
+    """Issue 11.14: purchases failing on the SMS-Man balance alert the admins once, until a
+    purchase goes through again; the user's answer never waits for the alert."""
+    smsman.balance = Decimal("0.00")
+    async with running(bot_settings()):
+        admin = telegram.user(1000)
+        await admin.send("/start")
+        await admin.wait_for("Hi")
+
+        def alerts() -> list[str]:
+            return [m.text for m in admin.messages if "balance is too low" in m.text]
+
+        telegram.fail_next("sendMessage", chat_id=1000, status=429, retry_after=1)
+        user = telegram.user(1)
+        await reach_confirm(user)
+        await user.click("Buy")
+        await user.wait_for("temporarily unavailable")
+        await admin.wait_for("balance is too low", timeout=5)
+        sends = [c for c in telegram.calls_to("sendMessage") if c.ok]
+        to_user = next(
+            i for i, c in enumerate(sends) if "temporarily unavailable" in c.params["text"]
+        )
+        to_admin = next(i for i, c in enumerate(sends) if "too low" in c.params["text"])
+        assert to_user < to_admin, "the user was answered before the alert went out"
+
+        for _ in range(2):  # still short: no more alerts
+            await reach_confirm(user, country="India")
+            await user.click("Buy")
+            await user.wait_for("temporarily unavailable", new_only=True)
+        await telegram.wait_idle(1.0)
+        assert len(alerts()) == 1
+
+        smsman.balance = Decimal("100.00")  # topped up: a purchase goes through
+        await reach_confirm(user)
+        await user.click("Buy")
+        await user.wait_for("Number: +", new_only=True)
+        smsman.balance = Decimal("0.00")  # and short again: a new crossing
+        await reach_confirm(user, country="India")
+        await user.click("Buy")
+        await user.wait_for("temporarily unavailable", new_only=True)
+        await admin.wait_for(predicate=lambda m: len(alerts()) == 2, timeout=5)
+    assert telegram.errors == []

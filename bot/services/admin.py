@@ -12,8 +12,10 @@ import asyncio
 import logging
 import re
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
 from aiogram import Bot
 from aiogram.exceptions import TelegramAPIError
@@ -47,6 +49,7 @@ from storage.stats import Summary
 log = logging.getLogger(__name__)
 
 LOW_BALANCE_KEY = "low_balance_alerted"
+PROVIDER_SHORT_KEY = "provider_balance_alerted"  # a purchase failed on the SMS-Man balance
 BALANCE_CHECK_EVERY = 300.0
 DAY = 86400.0
 NOTE_MAX = 200  # characters of a /credit or /debit note kept
@@ -136,6 +139,8 @@ class AdminService:
         self._notifier = notifier
         self._i18n = i18n
         self._balance_lock = asyncio.Lock()
+        self._provider_short: bool | None = None  # alerted this crossing? None: not known
+        self._tasks: set[asyncio.Task[None]] = set()  # alerts on their way
 
     def _money(self, minor: int) -> str:
         return format_money(minor, self._settings.currency)
@@ -463,12 +468,58 @@ class AdminService:
                 found.append(user)
         return found
 
-    async def alert(self, kind: str) -> None:
-        """Tell every admin; in their own language."""
+    async def alert(self, render: Callable[[], str]) -> None:
+        """Tell every admin, each in their own language (`render` runs in it)."""
         for admin in await self._reachable_admins():
             with self._i18n.use_locale(_locale_of(admin)):
-                text = texts.provider_balance_alert() if kind == "provider_balance" else kind
+                text = render()
             await self._notifier.send(admin.id, text)
+
+    def _in_background(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Alerts never hold up the user's update that caused them."""
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._alert_done)
+
+    def _alert_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("an admin alert failed", exc_info=task.exception())
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Let alerts on their way go out for `grace` seconds, then cancel the rest."""
+        if self._tasks:
+            _done, pending = await asyncio.wait(set(self._tasks), timeout=grace)
+            for task in pending:
+                task.cancel()
+
+    # The OrderService's Alerts: called inside a purchase, they only start a task.
+
+    def provider_balance_short(self) -> None:
+        """A purchase failed on the SMS-Man balance: one alert per crossing (the flag
+        outlives restarts); a purchase that goes through re-arms it."""
+        if self._provider_short:
+            return
+        self._provider_short = True
+        self._in_background(self._alert_provider_short())
+
+    async def _alert_provider_short(self) -> None:
+        if not await self._db.kv.set_if_absent(PROVIDER_SHORT_KEY, "1"):
+            return  # told before (before a restart, too)
+        log.warning("a purchase failed on the SMS-Man balance: telling the admins")
+        await self.alert(texts.provider_balance_alert)
+
+    def provider_balance_enough(self) -> None:
+        if self._provider_short is False:
+            return
+        self._provider_short = False
+        self._in_background(self._rearm_provider_short())
+
+    async def _rearm_provider_short(self) -> None:
+        await self._db.kv.delete(PROVIDER_SHORT_KEY)
+
+    def reject_refused(self, order: Order, error: str) -> None:
+        self._in_background(self.alert(lambda: texts.reject_refused_alert(order, error)))
 
     async def _locale(self, user_id: int) -> str:
         user = await self._db.users.get(user_id)

@@ -40,9 +40,6 @@ class Cached(Generic[T]):
             return self._value
         return await asyncio.shield(self._start_refresh())
 
-    def invalidate(self) -> None:
-        self._loaded_at = 0.0
-
     def _start_refresh(self) -> asyncio.Task[T]:
         if self._refresh is None or self._refresh.done():
             self._refresh = asyncio.create_task(self._load(), name=f"refresh {self._name}")

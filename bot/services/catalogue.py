@@ -83,7 +83,6 @@ class CatalogueService:
         )
         self._all_prices: Cached[list[Price]] = Cached(client.prices, PRICES_TTL, "prices")
         self._prices: dict[int, Cached[list[Price]]] = {}  # only while _all_prices is cold
-        self._sales_rank: dict[int, int] = {}
         # Menus derived from the cached values, recomputed only when one of those changes:
         # key -> (the source values it was computed from, the result).
         self._memo: dict[Hashable, tuple[tuple[object, ...], Any]] = {}
@@ -112,10 +111,6 @@ class CatalogueService:
             self._countries.get(), self._applications.get(), self._all_prices.get()
         )
 
-    def set_sales_rank(self, country_ids: Sequence[int]) -> None:
-        """Our own best sellers go first, after the operator's popular list."""
-        self._sales_rank = {country_id: rank for rank, country_id in enumerate(country_ids)}
-
     async def countries(self) -> list[CountryItem]:
         """Countries with stock, popular first, then alphabetical."""
         countries = await self._countries.get()
@@ -123,7 +118,7 @@ class CatalogueService:
             prices: list[Price] | None = await self._all_prices.get()
         except Exception:
             prices = None  # titles alone still let the user navigate
-        sources = (countries, prices, self._sales_rank)
+        sources = (countries, prices)
         return list(self._derived("countries", sources, lambda: self._sorted(countries, prices)))
 
     def _sorted(self, countries: list[Country], prices: list[Price] | None) -> list[CountryItem]:
@@ -148,10 +143,7 @@ class CatalogueService:
         popular = self._popular.get((item.code or "").upper())
         if popular is not None:
             return (0, popular, "")
-        sales = self._sales_rank.get(item.id)
-        if sales is not None:
-            return (1, sales, "")
-        return (2, 0, item.title.casefold())
+        return (1, 0, item.title.casefold())
 
     async def country(self, country_id: int) -> CountryItem | None:
         for item in await self._countries.get():

@@ -12,9 +12,10 @@ import json
 import logging
 import time
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from enum import StrEnum
+from typing import Protocol
 
 from aiogram.types import InlineKeyboardMarkup
 from aiogram.utils.i18n import I18n
@@ -50,7 +51,26 @@ log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
 NEW_MESSAGE = -1
-Alert = Callable[[str], Awaitable[None]]
+# A purchase still `purchasing` this long after SMSMAN_TIMEOUT is stuck (a write failed
+# between the hold and the number being stored): the sweep fails it and releases the hold.
+PURCHASE_MARGIN = 60.0
+# SMS-Man refusing the reject of an order past its deadline, with no code in sight: get-sms
+# is asked until this long past the deadline, then the order ends here (refunded) and the
+# operator is asked to reconcile it at SMS-Man by hand.
+REJECT_GRACE = 300.0
+
+
+class Alerts(Protocol):
+    """What the operator is told, sent in the background (never inside a user's update)."""
+
+    def provider_balance_short(self) -> None:
+        """A purchase failed on the SMS-Man balance (one alert per crossing)."""
+
+    def provider_balance_enough(self) -> None:
+        """A purchase went through: the balance is enough again (re-arms the alert)."""
+
+    def reject_refused(self, order: Order, error: str) -> None:
+        """SMS-Man kept refusing an order's reject; it was ended here without a code."""
 
 
 class BuyOutcome(StrEnum):
@@ -79,6 +99,7 @@ class ActionOutcome(StrEnum):
     NOT_FOUND = "not_found"  # no such order for this user
     NOT_ALLOWED = "not_allowed"  # the order is not in a state that allows it
     TRY_LATER = "try_later"  # SMS-Man did not answer; nothing changed
+    REFUSED = "refused"  # SMS-Man answered no (e.g. too early to cancel); nothing changed
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +143,7 @@ class OrderService:
         pricing: Pricing,
         notifier: Notifier,
         i18n: I18n,
-        alert_admins: Alert | None = None,
+        alerts: Alerts | None = None,
         clock: Clock = time.time,
     ) -> None:
         self._settings = settings
@@ -132,7 +153,8 @@ class OrderService:
         self._pricing = pricing
         self._notifier = notifier
         self._i18n = i18n
-        self._alert_admins = alert_admins
+        self._alerts = alerts
+        self._buying: set[int] = set()  # orders whose get-number this process is making
         self.clock = clock  # tests may swap it (the countdown)
         self._locks: weakref.WeakValueDictionary[int, asyncio.Lock] = weakref.WeakValueDictionary()
         self._card_locks: weakref.WeakValueDictionary[int, asyncio.Lock] = (
@@ -180,12 +202,20 @@ class OrderService:
     ) -> BuyResult:
         """Hold the quoted price, then get-number with maxPrice = the quoted cost.
 
+        `idempotency_key` names the tap's source (the confirm screen): while its order is
+        in flight or bought, another tap finds it (DUPLICATE); after a failed purchase
+        another tap is a new attempt, keyed `{key}#2`, `{key}#3`, ... (UNIQUE in SQL, so
+        two taps racing after a failure still make one attempt).
         `card_message_id`: the confirm screen that becomes the order card, recorded before
         the number is bought so a code arriving at once edits it rather than a second card.
         """
-        existing = await self._db.orders.by_idempotency_key(idempotency_key)
-        if existing is not None:
-            return BuyResult(BuyOutcome.DUPLICATE, existing)
+        key = idempotency_key
+        attempt = 1
+        while (existing := await self._db.orders.by_idempotency_key(key)) is not None:
+            if existing.status is not OrderStatus.FAILED:
+                return BuyResult(BuyOutcome.DUPLICATE, existing)
+            attempt += 1
+            key = f"{idempotency_key}#{attempt}"
         offer = await self._catalogue.offer(country_id, service_id)
         if offer is None:
             return BuyResult(BuyOutcome.NO_NUMBERS)
@@ -207,7 +237,7 @@ class OrderService:
                 price=price,
                 cost=quoted_cost,
                 currency=self._settings.currency,
-                idempotency_key=idempotency_key,
+                idempotency_key=key,
                 multiple_sms=multiple_sms,
                 hold=shop,
                 max_active=self._settings.max_active_orders,
@@ -225,9 +255,13 @@ class OrderService:
         except UserBanned:
             return BuyResult(BuyOutcome.BANNED)
         log.info("order %s user %s: buying %s/%s", order.id, user_id, country_id, service_id)
-        if card_message_id is not None:
-            await self._db.orders.set_message(order.id, card_message_id, None)
-        return await self._get_number(order, multiple_sms)
+        self._buying.add(order.id)  # the sweep leaves it alone while this runs
+        try:
+            if card_message_id is not None:
+                await self._db.orders.set_message(order.id, card_message_id, None)
+            return await self._get_number(order, multiple_sms)
+        finally:
+            self._buying.discard(order.id)
 
     async def _get_number(self, order: Order, multiple_sms: bool) -> BuyResult:
         try:
@@ -243,8 +277,8 @@ class OrderService:
             return BuyResult(BuyOutcome.NO_NUMBERS)
         except InsufficientBalance:
             await self._fail(order, "provider balance too low")
-            if self._alert_admins is not None:
-                await self._alert_admins("provider_balance")
+            if self._alerts is not None:
+                self._alerts.provider_balance_short()
             return BuyResult(BuyOutcome.UNAVAILABLE)
         except ProviderUnavailable as exc:
             # The answer was lost: SMS-Man may have sold a number we will never see. It
@@ -254,22 +288,36 @@ class OrderService:
         except SmsManError as exc:
             await self._fail(order, f"{exc.code}: {exc.message}")
             return BuyResult(BuyOutcome.FAILED)
+        if self._alerts is not None:
+            self._alerts.provider_balance_enough()
         now = self.clock()
         expires_at = now + self._settings.activation_timeout
         next_poll = now + self._settings.sms_poll_interval
-        stored = await self._db.orders.mark_waiting(
-            order.id,
-            request_id=number.request_id,
-            number=number.number,
-            expires_at=expires_at,
-            next_poll_at=next_poll,
-        )
-        if not stored:  # pragma: no cover - only the buyer moves a purchasing order
+        try:
+            stored = await self._db.orders.mark_waiting(
+                order.id,
+                request_id=number.request_id,
+                number=number.number,
+                expires_at=expires_at,
+                next_poll_at=next_poll,
+            )
+        except Exception:
+            # The number is bought but not recorded: give it back at SMS-Man, and fail the
+            # order (if that write fails too, the sweep of stuck purchases does it later).
+            log.exception(
+                "order %s user %s: could not store the number bought", order.id, order.user_id
+            )
+            await self._give_back(order, number.request_id)
+            with contextlib.suppress(Exception):
+                await self._fail(order, "the number could not be stored")
+            return BuyResult(BuyOutcome.FAILED)
+        if not stored:  # the sweep failed it meanwhile (it took far longer than it may)
             log.error(
                 "order %s user %s: left purchasing before its number was stored",
                 order.id,
                 order.user_id,
             )
+            await self._give_back(order, number.request_id)
             return BuyResult(BuyOutcome.FAILED)
         log.info(
             "order %s user %s: number bought, request %s",
@@ -281,14 +329,42 @@ class OrderService:
         fresh = await self._db.orders.get(order.id)
         return BuyResult(BuyOutcome.BOUGHT, fresh)
 
-    async def _fail(self, order: Order, why: str) -> None:
-        if await self._db.orders.mark_failed(order.id):
-            log.info(
-                "order %s user %s: purchase failed (%s); hold released",
+    async def _give_back(self, order: Order, request_id: int) -> None:
+        """Reject a number we bought but could not record (best effort: it lapses anyway)."""
+        try:
+            await self._client.set_status(request_id, Status.REJECT)
+        except SmsManError as exc:
+            log.warning(
+                "order %s: request %s not rejected (%s); it lapses at SMS-Man",
                 order.id,
-                order.user_id,
-                why,
+                request_id,
+                exc.code,
             )
+
+    async def _fail(self, order: Order, why: str) -> bool:
+        """purchasing -> failed, the hold released; False if it had left purchasing."""
+        if not await self._db.orders.mark_failed(order.id):
+            return False
+        log.info(
+            "order %s user %s: purchase failed (%s); hold released", order.id, order.user_id, why
+        )
+        return True
+
+    async def fail_stale_purchases(self) -> int:
+        """Fail purchases stuck in `purchasing` (older than SMSMAN_TIMEOUT plus a margin,
+        and not being bought by this process right now): the hold goes back, once (the
+        transition is guarded in SQL). Returns how many were failed. The poller runs it."""
+        now = self.clock()
+        cutoff = now - self._settings.smsman_timeout - PURCHASE_MARGIN
+        failed = 0
+        for order in await self._db.orders.list_open():
+            if (
+                order.status is OrderStatus.PURCHASING
+                and order.created_at < cutoff
+                and order.id not in self._buying
+            ):
+                failed += await self._fail(order, f"stuck for {now - order.created_at:.0f}s")
+        return failed
 
     # -- user actions --------------------------------------------------------------------
 
@@ -315,8 +391,11 @@ class OrderService:
                 outcome, _undelivered = await self._reject(order, expire=False)
             except ProviderUnavailable:
                 return ActionResult(ActionOutcome.TRY_LATER, order)
-            if outcome is PollOutcome.RETRY:
-                return ActionResult(ActionOutcome.TRY_LATER, order)
+            except SmsManError as exc:  # pragma: no cover - _reject answers them itself
+                log.warning("order %s: cancel failed: %s", order.id, exc.code)
+                return ActionResult(ActionOutcome.REFUSED, order)
+            if outcome is PollOutcome.RETRY:  # refused, and no code in sight
+                return ActionResult(ActionOutcome.REFUSED, order)
         return ActionResult(ActionOutcome.DONE, await self._db.orders.get(order.id))
 
     async def finish(self, user_id: int, order_id: int) -> ActionResult:
@@ -357,7 +436,7 @@ class OrderService:
                 )
                 return ActionResult(ActionOutcome.NOT_ALLOWED, order)
             next_poll = self.clock() + self._settings.sms_poll_interval
-            await self._db.orders.request_more(order.id, next_poll_at=next_poll)
+            await self._db.orders.request_more(order.id)
             log.info("order %s user %s: another code asked for (retrysms)", order.id, order.user_id)
             self._schedule(order.id, next_poll)
         return ActionResult(ActionOutcome.DONE, await self._db.orders.get(order.id))
@@ -413,10 +492,7 @@ class OrderService:
         return PollOutcome.CODE, outcome is Outcome.UNAVAILABLE
 
     async def _store_code(self, order: Order, code: str) -> Code | None:
-        if order.status in (OrderStatus.CANCELLED, OrderStatus.EXPIRED):
-            stored = await self._db.orders.revive_with_code(order.id, code, now=self.clock())
-        else:
-            stored = await self._db.orders.add_code(order.id, code, now=self.clock())
+        stored = await self._db.orders.add_code(order.id, code, now=self.clock())
         if stored is not None:
             log.info("order %s user %s: code stored", order.id, order.user_id)
         return stored
@@ -461,22 +537,21 @@ class OrderService:
     async def _reject(self, order: Order, *, expire: bool) -> tuple[PollOutcome, bool]:
         """Reject at SMS-Man, then cancel or expire here (the hold goes back).
 
-        SMS-Man refuses a reject once a code came: the code is fetched and delivered
-        instead (CODE). Refused with no code in sight yet: RETRY, nothing changed.
+        SMS-Man refuses a reject once a code came, and may refuse it for reasons of its
+        own (too early to cancel, an answer we do not know): either way get-sms is asked,
+        and a code found is delivered instead (CODE). Refused with no code in sight: RETRY,
+        nothing changed; but an expiry refused until REJECT_GRACE past the deadline ends
+        here (see `_give_up`). Only `ProviderUnavailable` goes to the caller.
         """
         assert order.request_id is not None
         try:
             await self._client.set_status(order.request_id, Status.REJECT)
-        except WrongStatus:
-            log.info(
-                "order %s user %s: reject refused, looking for a code", order.id, order.user_id
-            )
-            outcome, failed = await self._poll(order)
-            if outcome is PollOutcome.WAITING:
-                return PollOutcome.RETRY, False
-            return outcome, failed
         except RequestGone:
             pass  # already gone at SMS-Man: nothing more to reject
+        except ProviderUnavailable:
+            raise
+        except SmsManError as exc:
+            return await self._reject_refused(order, exc, expire=expire)
         now = self.clock()
         moved = self._db.orders.expire if expire else self._db.orders.cancel
         if await moved(order.id, now=now):
@@ -490,6 +565,52 @@ class OrderService:
                 await self._tell_expired(order)
         await self.refresh_card(order.id)
         return PollOutcome.CLOSED, False
+
+    async def _reject_refused(
+        self, order: Order, refusal: SmsManError, *, expire: bool
+    ) -> tuple[PollOutcome, bool]:
+        log.info(
+            "order %s user %s: reject refused (%s: %s), looking for a code",
+            order.id,
+            order.user_id,
+            refusal.code,
+            refusal.message,
+        )
+        try:
+            outcome, failed = await self._poll(order)
+        except ProviderUnavailable:
+            raise
+        except SmsManError as exc:  # get-sms refused too: no code in sight
+            log.warning("order %s: get-sms after the refused reject: %s", order.id, exc.code)
+            outcome, failed = PollOutcome.WAITING, False
+        if outcome is not PollOutcome.WAITING:
+            return outcome, failed
+        deadline = order.expires_at if order.expires_at is not None else self.clock()
+        if not expire or self.clock() < deadline + REJECT_GRACE:
+            return PollOutcome.RETRY, False
+        await self._give_up(order, refusal)
+        return PollOutcome.CLOSED, False
+
+    async def _give_up(self, order: Order, refusal: SmsManError) -> None:
+        """SMS-Man kept refusing the reject of an order past its deadline and never showed
+        a code: it ends here as expired (the hold goes back, the user is told) and the
+        operator is alerted once (only the transition's winner gets here) to reconcile the
+        request at SMS-Man by hand."""
+        if await self._db.orders.expire(order.id, now=self.clock()):
+            log.warning(
+                "order %s user %s: SMS-Man refused the reject until %.0fs past the deadline"
+                " (%s: %s); expired here, hold released; request %s needs a look by hand",
+                order.id,
+                order.user_id,
+                REJECT_GRACE,
+                refusal.code,
+                refusal.message,
+                order.request_id,
+            )
+            await self._tell_expired(order)
+            if self._alerts is not None:
+                self._alerts.reject_refused(order, f"{refusal.code or '?'}: {refusal.message}")
+        await self.refresh_card(order.id)
 
     async def _close(self, order: Order) -> None:
         assert order.request_id is not None

@@ -39,11 +39,6 @@ class CallGate:
     def in_flight(self) -> int:
         return self._in_flight
 
-    @property
-    def waiting(self) -> int:
-        """Waiters queued, cancelled ones not yet dropped included (an upper bound)."""
-        return len(self._urgent) + len(self._background)
-
     async def acquire(self, *, urgent: bool = True) -> None:
         """Wait for a slot; pair every successful acquire with one `release()`."""
         loop = asyncio.get_running_loop()

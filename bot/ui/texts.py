@@ -235,6 +235,10 @@ def cannot_cancel() -> str:
     return _("This order can no longer be cancelled.")
 
 
+def cancel_refused() -> str:
+    return _("SMS-Man does not allow cancelling this number yet. Please try again in a minute.")
+
+
 def try_again_later() -> str:
     return _("The provider did not answer. Please try again in a moment.")
 
@@ -253,6 +257,14 @@ def low_balance_alert(balance: str, threshold: str) -> str:
 
 def provider_balance_alert() -> str:
     return _("⚠️ A purchase failed: the SMS-Man balance is too low. Please top it up.")
+
+
+def reject_refused_alert(order: Order, error: str) -> str:
+    return _(
+        "⚠️ Order #{order}: SMS-Man kept refusing to cancel request {request} ({error}) and "
+        "no code came. The order was ended here and the user's money released. Please check "
+        "that request at SMS-Man by hand."
+    ).format(order=order.id, request=order.request_id, error=e(error))
 
 
 def choose_language() -> str:
