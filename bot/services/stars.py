@@ -37,7 +37,7 @@ from bot.services.money import MINOR_PER_UNIT
 from bot.settings import Settings
 from storage.db import Database
 from storage.errors import InsufficientFunds
-from storage.payments import Payment, PaymentSource, PaymentStatus, PaymentSummary
+from storage.payments import Payment, PaymentSource, PaymentStatus
 
 log = logging.getLogger(__name__)
 
@@ -411,14 +411,6 @@ class StarsService:
             await self._db.payments.refunded_elsewhere(charge_id)
             log.warning("payment %s user %s: refunded outside /refund", charge_id, payment.user_id)
         return await self._db.payments.get(charge_id)
-
-    # -- what admins see -------------------------------------------------------------------
-
-    async def summary(self, since: float) -> PaymentSummary:
-        return await self._db.payments.summary(since)
-
-    async def of_user(self, user_id: int, limit: int = 5) -> list[Payment]:
-        return await self._db.payments.list_for_user(user_id, limit)
 
 
 def _partner_user(partner: object) -> TransactionPartnerUser | None:
