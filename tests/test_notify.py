@@ -13,7 +13,7 @@ from aiogram.client.telegram import TelegramAPIServer
 
 from bot.flood import RetryAfter
 from bot.notify import Notifier, Outcome
-from tests.fakes.telegram import FakeTelegram
+from sandbox.telegram import FakeTelegram
 
 pytestmark = pytest.mark.asyncio
 

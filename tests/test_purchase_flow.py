@@ -8,9 +8,9 @@ from decimal import Decimal
 import pytest
 
 from bot.settings import Settings
+from sandbox.smsman import FakeSmsMan
+from sandbox.telegram import FakeTelegram
 from storage.models import OrderStatus
-from tests.fakes.smsman import FakeSmsMan
-from tests.fakes.telegram import FakeTelegram
 from tests.flows import labels, reach_confirm
 from tests.inprocess import running
 

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from sandbox.smsman import FakeSmsMan
+from sandbox.telegram import FakeTelegram
 from storage.db import Database
 from storage.models import LedgerKind, Money, OrderStatus
 from tests.botproc import (
@@ -24,8 +26,6 @@ from tests.botproc import (
     set_status_calls,
     wait_until,
 )
-from tests.fakes.smsman import FakeSmsMan
-from tests.fakes.telegram import FakeTelegram
 
 pytestmark = pytest.mark.asyncio
 

@@ -36,7 +36,7 @@ from bot.smsman import (
     _parse,
 )
 from bot.smsman._limiter import CallGate
-from tests.fakes.smsman import FakeSmsMan
+from sandbox.smsman import FakeSmsMan
 
 TOKEN = "smsman-test-token"
 TIMEOUT = 0.3

@@ -12,10 +12,10 @@ from typing import Any
 from bot.app import App
 from bot.services.stars import PayloadSigner, Quote, stars_credit
 from bot.settings import Settings
+from sandbox.smsman import FakeSmsMan
+from sandbox.telegram import FakeMessage, FakeTelegram, FakeUser, StarPayment
 from storage.models import LedgerKind
 from storage.payments import PaymentSource, PaymentStatus
-from tests.fakes.smsman import FakeSmsMan
-from tests.fakes.telegram import FakeMessage, FakeTelegram, FakeUser, StarPayment
 from tests.flows import reach_confirm, say
 from tests.inprocess import running
 from tests.test_shop import ADMIN, PRICE, SHOP

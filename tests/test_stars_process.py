@@ -7,11 +7,11 @@ import asyncio
 import sqlite3
 from pathlib import Path
 
+from sandbox.smsman import FakeSmsMan
+from sandbox.telegram import FakeTelegram
 from storage.db import Database, database_path
 from storage.payments import PaymentSource, PaymentStatus
 from tests.botproc import BotProcess, wait_until
-from tests.fakes.smsman import FakeSmsMan
-from tests.fakes.telegram import FakeTelegram
 from tests.test_stars import CREDIT_100, invoice_for
 
 

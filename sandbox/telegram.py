@@ -37,8 +37,8 @@ from typing import Any, Self
 
 from aiohttp import web
 
-from tests.fakes.telegram_html import EntityParseError, parse_html, trim_text, utf16_len
-from tests.fakes.telegram_markup import MarkupError, inline_buttons, validate_reply_markup
+from sandbox.telegram_html import EntityParseError, parse_html, trim_text, utf16_len
+from sandbox.telegram_markup import MarkupError, inline_buttons, validate_reply_markup
 
 __all__ = [
     "ApiError",
