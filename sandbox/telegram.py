@@ -797,6 +797,10 @@ class FakeTelegram:
         self.descriptions: dict[tuple[str, str], str] = {}  # (kind, lang) -> text
 
         self._users: dict[int, FakeUser] = {}
+        self._groups: dict[int, JSONDict] = {}  # group chats, by (negative) id
+        self._next_group_message_id = 1
+        self.bot_in_groups: set[int] = set()  # groups the bot is a member of
+        self.left_chats: list[int] = []  # leaveChat calls, in order
         self._callbacks: dict[str, _Callback] = {}
         self._pre_checkouts: dict[str, _PreCheckout] = {}
         self.pre_checkout_timeout = PRE_CHECKOUT_TIMEOUT
@@ -852,6 +856,7 @@ class FakeTelegram:
             "answerPreCheckoutQuery": self._answer_pre_checkout_query,
             "refundStarPayment": self._refund_star_payment,
             "getStarTransactions": self._get_star_transactions,
+            "leaveChat": self._leave_chat,
             "close": self._ok,
             "logOut": self._ok,
         }
@@ -947,6 +952,48 @@ class FakeTelegram:
     @property
     def users(self) -> dict[int, FakeUser]:
         return dict(self._users)
+
+    # ------------------------------------------------------------------ groups
+
+    def add_to_group(
+        self, user_id: int, group_id: int, title: str = "A group", *, notify: bool = True
+    ) -> int | None:
+        """`user_id` adds the bot to the group `group_id` (negative, as Telegram's are):
+        the bot gets my_chat_member from the group (unless `notify` is False: it was added
+        long ago). Returns the update id."""
+        if group_id >= 0:
+            raise ValueError("group chat ids are negative")
+        self._groups[group_id] = {"id": group_id, "type": "group", "title": title}
+        self.bot_in_groups.add(group_id)
+        if not notify:
+            return None
+        return self._group_member_update(user_id, group_id, "left", "member")
+
+    def remove_from_group(self, user_id: int, group_id: int) -> int:
+        """`user_id` removes (bans) the bot from the group: my_chat_member, status kicked."""
+        self.bot_in_groups.discard(group_id)
+        return self._group_member_update(user_id, group_id, "member", "kicked")
+
+    def group_message(self, user_id: int, group_id: int, text: str) -> int:
+        """`user_id` writes `text` in the group (a command reaches a bot in privacy mode)."""
+        user = self.user(user_id)
+        payload: JSONDict = {
+            "message_id": self._next_group_message_id,
+            "from": user.to_json(),
+            "chat": self._groups[group_id],
+            "date": _now(),
+            "text": text,
+        }
+        self._next_group_message_id += 1
+        if text.startswith("/"):
+            command = text.split(maxsplit=1)[0]
+            payload["entities"] = [{"type": "bot_command", "offset": 0, "length": len(command)}]
+        return self._put("message", payload)
+
+    def _group_member_update(self, user_id: int, group_id: int, old: str, new: str) -> int:
+        update = self._member_update(self.user(user_id), old, new)
+        update["chat"] = self._groups[group_id]
+        return self._put("my_chat_member", update)
 
     def calls_to(self, method: str) -> list[Call]:
         name = self._canonical(method)
@@ -1761,6 +1808,16 @@ class FakeTelegram:
         if not 1 <= limit <= 100:
             raise _bad("invalid limit specified")
         return {"transactions": self.star_transactions[offset : offset + limit]}
+
+    def _leave_chat(self, p: Params, request: web.Request) -> bool:
+        chat_id = p.get("chat_id")
+        if not isinstance(chat_id, int) or chat_id not in self._groups:
+            raise _bad("chat not found")
+        if chat_id not in self.bot_in_groups:
+            raise _ApiFail(403, "Forbidden: bot is not a member of the group chat")
+        self.bot_in_groups.discard(chat_id)
+        self.left_chats.append(chat_id)
+        return True
 
     def _get_chat(self, p: Params, request: web.Request) -> JSONDict:
         user = self._chat(p)

@@ -108,6 +108,29 @@ class Wallet:
 
         return await self._db.read(q)
 
+    async def holds_money(self) -> bool:
+        """True while any wallet has a balance or any order has money on hold: what a
+        change of the wallets' currency would silently re-label."""
+
+        def q(conn: sqlite3.Connection) -> bool:
+            row = conn.execute(
+                "SELECT EXISTS (SELECT 1 FROM users WHERE balance <> 0)"
+                " OR EXISTS (SELECT 1 FROM orders WHERE money = 'held')"
+            ).fetchone()
+            return bool(row[0])
+
+        return await self._db.read(q)
+
+    async def last_order_currency(self) -> str | None:
+        """The currency of the newest order, if any: what the money was in before the
+        wallets' currency was recorded (databases older than that record)."""
+
+        def q(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute("SELECT currency FROM orders ORDER BY id DESC LIMIT 1").fetchone()
+            return str(row[0]) if row else None
+
+        return await self._db.read(q)
+
     async def history(self, user_id: int, limit: int = 10) -> list[LedgerRow]:
         """The user's ledger rows, newest first."""
 
