@@ -12,6 +12,8 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from yarl import URL
 
+from storage.engine import normalize_url
+
 DEFAULT_POPULAR_COUNTRIES = ("RU", "UA", "KZ", "US", "GB", "ID", "PH", "IN", "BR", "VN")
 DEFAULT_TOPUP_STARS = (50, 100, 250, 500, 1000)
 MAX_INVOICE_STARS = 10_000  # Telegram's limit for one Stars invoice
@@ -135,8 +137,12 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _database(cls, value: str) -> str:
-        if not value.startswith("sqlite:///") or value == "sqlite:///":
-            raise ValueError("must look like sqlite:///path/to/file.sqlite3")
+        try:
+            normalize_url(value)
+        except ValueError:
+            raise ValueError(
+                "must look like sqlite:///path/to/file.sqlite3 or postgresql://user@host/db"
+            ) from None
         return value
 
     @property

@@ -1,6 +1,6 @@
 """Telegram Stars top-ups: one row per payment, keyed by its telegram_payment_charge_id.
 
-A payment's life is a small state machine, each move a guarded UPDATE ... WHERE status = ?
+A payment's life is a small state machine, each move a guarded UPDATE ... WHERE status = ...
 in the same transaction as its ledger row (kinds credit/debit, UNIQUE keys):
 
     (new) --credit, key stars:{charge}--> credited
@@ -10,19 +10,22 @@ in the same transaction as its ledger row (kinds credit/debit, UNIQUE keys):
     credited --debit, may go negative--> refunded                  (refunded elsewhere)
 
 `n` counts refund attempts, so a refused refund can be tried again with fresh keys while
-each attempt's money moves at most once.
+each attempt's money moves at most once. Every money move first takes the user's row lock
+(`ledger.lock_user`), so on PostgreSQL a refund and a purchase of one user queue.
 """
 
 from __future__ import annotations
 
-import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from storage import ledger
+from sqlalchemy import bindparam, text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from storage import ledger, sql
 from storage.errors import InsufficientFunds, InvalidAmount
 from storage.models import LedgerKind
 
@@ -79,54 +82,105 @@ REFUND_KEY = "stars-refund:{charge}:{attempt}"
 RESTORE_KEY = "stars-restore:{charge}:{attempt}"
 MAX_CHARGE_ID = 256  # Telegram's ids are far shorter; anything longer is not one
 
+_GET = text(f"SELECT {_COLUMNS} FROM payments WHERE charge_id = :charge_id")
+_INSERT = text(
+    "INSERT INTO payments (charge_id, user_id, stars, amount, currency, payload, source,"
+    " status, refund_attempts, created_at, updated_at)"
+    " VALUES (:charge_id, :user_id, :stars, :amount, :currency, :payload, :source,"
+    " 'credited', 0, :now, :now)"
+    " ON CONFLICT (charge_id) DO NOTHING RETURNING id"
+)
+_MOVE = text(
+    f"UPDATE payments SET status = :new, updated_at = :now,"
+    f" refund_attempts = refund_attempts + :attempt"
+    f" WHERE charge_id = :charge_id AND status = :old RETURNING {_COLUMNS}"
+)
+_KNOWN = text("SELECT charge_id FROM payments WHERE charge_id IN :ids").bindparams(
+    bindparam("ids", expanding=True)
+)
+_OF_USER = text(
+    f"SELECT {_COLUMNS} FROM payments WHERE user_id = :user_id"
+    " ORDER BY created_at DESC, id DESC LIMIT :limit"
+)
+_SEEN = text(
+    "UPDATE payments SET refund_seen_at = COALESCE(refund_seen_at, :now)"
+    " WHERE charge_id = :charge_id"
+)
+_STUCK = text(
+    f"SELECT {_COLUMNS} FROM payments WHERE status = 'refunding' AND updated_at < :before"
+    " ORDER BY updated_at"
+)
+_TOPUPS = text(
+    "SELECT COUNT(*), COALESCE(SUM(amount), 0), COALESCE(SUM(stars), 0)"
+    " FROM payments WHERE created_at >= :since"
+)
+_REFUNDS = text(
+    "SELECT COUNT(*), COALESCE(SUM(amount), 0), COALESCE(SUM(stars), 0)"
+    " FROM payments WHERE status = 'refunded' AND updated_at >= :since"
+)
+# Each payment's ledger rows: its one credit, and the sum of all of them.
+_BOOKS = text(
+    "SELECT p.charge_id, p.status, p.amount,"
+    " (SELECT COUNT(*) FROM ledger l WHERE l.idempotency_key = 'stars:' || p.charge_id"
+    "   AND l.user_id = p.user_id AND l.kind = 'credit' AND l.amount = p.amount),"
+    " (SELECT COALESCE(SUM(l.amount), 0) FROM ledger l WHERE l.user_id = p.user_id AND ("
+    "   l.idempotency_key = 'stars:' || p.charge_id"
+    "   OR substr(l.idempotency_key, 1, length(p.charge_id) + 14)"
+    "      = 'stars-refund:' || p.charge_id || ':'"
+    "   OR substr(l.idempotency_key, 1, length(p.charge_id) + 15)"
+    "      = 'stars-restore:' || p.charge_id || ':'))"
+    " FROM payments p ORDER BY p.id"
+)
+_ORPHAN_CREDITS = text(
+    "SELECT l.idempotency_key FROM ledger l WHERE substr(l.idempotency_key, 1, 6) = 'stars:'"
+    " AND NOT EXISTS (SELECT 1 FROM payments p"
+    "   WHERE 'stars:' || p.charge_id = l.idempotency_key) ORDER BY l.id"
+)
 
-def _payment(row: tuple[Any, ...]) -> Payment:
+
+def _payment(row: Sequence[Any]) -> Payment:
     return Payment(
-        id=row[0],
+        id=int(row[0]),
         charge_id=row[1],
-        user_id=row[2],
-        stars=row[3],
-        amount=row[4],
+        user_id=int(row[2]),
+        stars=int(row[3]),
+        amount=int(row[4]),
         currency=row[5],
         payload=row[6],
         source=PaymentSource(row[7]),
         status=PaymentStatus(row[8]),
-        refund_attempts=row[9],
-        created_at=row[10],
-        updated_at=row[11],
-        refund_seen_at=row[12],
+        refund_attempts=int(row[9]),
+        created_at=float(row[10]),
+        updated_at=float(row[11]),
+        refund_seen_at=None if row[12] is None else float(row[12]),
     )
 
 
-def _get(conn: sqlite3.Connection, charge_id: str) -> Payment | None:
-    row = conn.execute(
-        f"SELECT {_COLUMNS} FROM payments WHERE charge_id = ?", (charge_id,)
-    ).fetchone()
+async def _get(conn: AsyncConnection, charge_id: str) -> Payment | None:
+    row = await sql.first(conn, _GET, charge_id=charge_id)
     return _payment(row) if row else None
 
 
-def _move(
-    conn: sqlite3.Connection,
+async def _move(
+    conn: AsyncConnection,
     charge_id: str,
     old: PaymentStatus,
     new: PaymentStatus,
     now: float,
     *,
     count_attempt: bool = False,
-) -> bool:
-    attempts = ", refund_attempts = refund_attempts + 1" if count_attempt else ""
-    cursor = conn.execute(
-        f"UPDATE payments SET status = ?, updated_at = ?{attempts}"
-        " WHERE charge_id = ? AND status = ?",
-        (new.value, now, charge_id, old.value),
+) -> Payment | None:
+    """The guarded move; the payment as moved, or None if it was not in `old`."""
+    row = await sql.first(
+        conn,
+        _MOVE,
+        new=new.value,
+        now=now,
+        attempt=1 if count_attempt else 0,
+        charge_id=charge_id,
+        old=old.value,
     )
-    return cursor.rowcount == 1
-
-
-def _require(conn: sqlite3.Connection, charge_id: str) -> Payment:
-    payment = _get(conn, charge_id)
-    assert payment is not None  # callers moved it a statement ago, in this transaction
-    return payment
+    return _payment(row) if row else None
 
 
 class Payments:
@@ -156,74 +210,63 @@ class Payments:
             raise InvalidAmount("a charge id is 1..256 characters")
         ts = time.time() if now is None else now
 
-        def tx(conn: sqlite3.Connection) -> tuple[Payment, bool]:
-            ledger.ensure_user(conn, user_id, ts)
-            cursor = conn.execute(
-                "INSERT INTO payments (charge_id, user_id, stars, amount, currency, payload,"
-                " source, status, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (charge_id) DO NOTHING",
-                (
-                    charge_id,
-                    user_id,
-                    stars,
-                    amount,
-                    currency,
-                    payload,
-                    source.value,
-                    PaymentStatus.CREDITED.value,
-                    ts,
-                    ts,
-                ),
-            )
-            if cursor.rowcount != 1:
-                return _require(conn, charge_id), False
-            ledger.add_row(
+        async def tx(conn: AsyncConnection) -> tuple[Payment, bool]:
+            await ledger.lock_user(conn, user_id, ts)
+            inserted = await sql.first(
                 conn,
+                _INSERT,
+                charge_id=charge_id,
                 user_id=user_id,
+                stars=stars,
                 amount=amount,
-                kind=LedgerKind.CREDIT,
-                order_id=None,
-                note=f"{stars} Stars ({source.value})",
+                currency=currency,
+                payload=payload,
+                source=source.value,
                 now=ts,
-                key=CREDIT_KEY.format(charge=charge_id),
             )
-            return _require(conn, charge_id), True
+            if inserted is not None:
+                await ledger.add_row(
+                    conn,
+                    user_id=user_id,
+                    amount=amount,
+                    kind=LedgerKind.CREDIT,
+                    order_id=None,
+                    note=f"{stars} Stars ({source.value})",
+                    now=ts,
+                    key=CREDIT_KEY.format(charge=charge_id),
+                )
+            payment = await _get(conn, charge_id)
+            assert payment is not None  # inserted now, or by the transaction we waited for
+            return payment, inserted is not None
 
         return await self._db.write(tx)
 
     async def get(self, charge_id: str) -> Payment | None:
-        return await self._db.read(lambda conn: _get(conn, charge_id))
+        async def q(conn: AsyncConnection) -> Payment | None:
+            return await _get(conn, charge_id)
+
+        return await self._db.read(q)
 
     async def known(self, charge_ids: Iterable[str]) -> set[str]:
         """Which of these charge ids are recorded (whatever their status)."""
         wanted = list(dict.fromkeys(charge_ids))
 
-        def q(conn: sqlite3.Connection) -> set[str]:
+        async def q(conn: AsyncConnection) -> set[str]:
             found: set[str] = set()
             for start in range(0, len(wanted), 500):  # SQLite's bound-parameter limit
                 chunk = wanted[start : start + 500]
-                marks = ", ".join("?" * len(chunk))
-                found.update(
-                    row[0]
-                    for row in conn.execute(
-                        f"SELECT charge_id FROM payments WHERE charge_id IN ({marks})", chunk
-                    )
-                )
+                found.update(row[0] for row in await sql.rows(conn, _KNOWN, ids=chunk))
             return found
 
-        return await self._db.read(q)
+        return await self._db.read(q) if wanted else set()
 
     async def list_for_user(self, user_id: int, limit: int = 5) -> list[Payment]:
         """The user's payments, newest first."""
 
-        def q(conn: sqlite3.Connection) -> list[Payment]:
+        async def q(conn: AsyncConnection) -> list[Payment]:
             return [
                 _payment(row)
-                for row in conn.execute(
-                    f"SELECT {_COLUMNS} FROM payments WHERE user_id = ?"
-                    " ORDER BY created_at DESC, id DESC LIMIT ?",
-                    (user_id, limit),
-                )
+                for row in await sql.rows(conn, _OF_USER, user_id=user_id, limit=limit)
             ]
 
         return await self._db.read(q)
@@ -237,24 +280,24 @@ class Payments:
         """
         ts = time.time() if now is None else now
 
-        def tx(conn: sqlite3.Connection) -> Payment | None:
-            payment = _get(conn, charge_id)
+        async def tx(conn: AsyncConnection) -> Payment | None:
+            payment = await _get(conn, charge_id)
             if payment is None or payment.status is not PaymentStatus.CREDITED:
                 return None
-            available = ledger.available(conn, payment.user_id)
-            if available < payment.amount:
-                raise InsufficientFunds(available)
-            if not _move(
+            _banned, available = await ledger.lock_user(conn, payment.user_id, ts)
+            moved = await _move(
                 conn,
                 charge_id,
                 PaymentStatus.CREDITED,
                 PaymentStatus.REFUNDING,
                 ts,
                 count_attempt=True,
-            ):
+            )
+            if moved is None:
                 return None
-            moved = _require(conn, charge_id)
-            ledger.add_row(
+            if available < moved.amount:
+                raise InsufficientFunds(available)  # rolls the move back
+            await ledger.add_row(
                 conn,
                 user_id=moved.user_id,
                 amount=-moved.amount,
@@ -271,27 +314,38 @@ class Payments:
     async def finish_refund(self, charge_id: str, *, now: float | None = None) -> bool:
         """refunding -> refunded: Telegram gave the Stars back. True if this call moved it."""
         ts = time.time() if now is None else now
-        return await self._db.write(
-            lambda conn: _move(conn, charge_id, PaymentStatus.REFUNDING, PaymentStatus.REFUNDED, ts)
-        )
+
+        async def tx(conn: AsyncConnection) -> bool:
+            moved = await _move(
+                conn, charge_id, PaymentStatus.REFUNDING, PaymentStatus.REFUNDED, ts
+            )
+            return moved is not None
+
+        return await self._db.write(tx)
 
     async def cancel_refund(self, charge_id: str, *, now: float | None = None) -> bool:
         """refunding -> credited: Telegram refused, the money goes back to the wallet."""
         ts = time.time() if now is None else now
 
-        def tx(conn: sqlite3.Connection) -> bool:
-            if not _move(conn, charge_id, PaymentStatus.REFUNDING, PaymentStatus.CREDITED, ts):
+        async def tx(conn: AsyncConnection) -> bool:
+            payment = await _get(conn, charge_id)
+            if payment is None:
                 return False
-            payment = _require(conn, charge_id)
-            ledger.add_row(
+            await ledger.lock_user(conn, payment.user_id, ts)
+            moved = await _move(
+                conn, charge_id, PaymentStatus.REFUNDING, PaymentStatus.CREDITED, ts
+            )
+            if moved is None:
+                return False
+            await ledger.add_row(
                 conn,
-                user_id=payment.user_id,
-                amount=payment.amount,
+                user_id=moved.user_id,
+                amount=moved.amount,
                 kind=LedgerKind.CREDIT,
                 order_id=None,
-                note=f"{payment.stars} Stars refund refused",
+                note=f"{moved.stars} Stars refund refused",
                 now=ts,
-                key=RESTORE_KEY.format(charge=charge_id, attempt=payment.refund_attempts),
+                key=RESTORE_KEY.format(charge=charge_id, attempt=moved.refund_attempts),
             )
             return True
 
@@ -303,73 +357,58 @@ class Payments:
         the money back. True if this call moved it."""
         ts = time.time() if now is None else now
 
-        def tx(conn: sqlite3.Connection) -> bool:
-            if not _move(
+        async def tx(conn: AsyncConnection) -> bool:
+            payment = await _get(conn, charge_id)
+            if payment is None:
+                return False
+            await ledger.lock_user(conn, payment.user_id, ts)
+            moved = await _move(
                 conn,
                 charge_id,
                 PaymentStatus.CREDITED,
                 PaymentStatus.REFUNDED,
                 ts,
                 count_attempt=True,
-            ):
+            )
+            if moved is None:
                 return False
-            payment = _require(conn, charge_id)
-            ledger.add_row(
+            await ledger.add_row(
                 conn,
-                user_id=payment.user_id,
-                amount=-payment.amount,
+                user_id=moved.user_id,
+                amount=-moved.amount,
                 kind=LedgerKind.DEBIT,
                 order_id=None,
-                note=f"{payment.stars} Stars refunded by Telegram",
+                note=f"{moved.stars} Stars refunded by Telegram",
                 now=ts,
-                key=REFUND_KEY.format(charge=charge_id, attempt=payment.refund_attempts),
+                key=REFUND_KEY.format(charge=charge_id, attempt=moved.refund_attempts),
             )
             return True
 
         return await self._db.write(tx)
 
     async def note_refund_seen(self, charge_id: str, *, now: float | None = None) -> bool:
-        """Record the refunded_payment message (first sight kept). True if known."""
+        """Record that Telegram reported the refund (first report kept). True if known."""
         ts = time.time() if now is None else now
 
-        def tx(conn: sqlite3.Connection) -> bool:
-            cursor = conn.execute(
-                "UPDATE payments SET refund_seen_at = COALESCE(refund_seen_at, ?)"
-                " WHERE charge_id = ?",
-                (ts, charge_id),
-            )
-            return cursor.rowcount == 1
+        async def tx(conn: AsyncConnection) -> bool:
+            return await sql.count(conn, _SEEN, now=ts, charge_id=charge_id) == 1
 
         return await self._db.write(tx)
 
     async def stuck_refunds(self, older_than: float) -> list[Payment]:
         """Refunds whose outcome was never recorded (a crash mid-way), oldest first."""
 
-        def q(conn: sqlite3.Connection) -> list[Payment]:
-            return [
-                _payment(row)
-                for row in conn.execute(
-                    f"SELECT {_COLUMNS} FROM payments INDEXED BY payments_refunding"
-                    " WHERE status = 'refunding' AND updated_at < ? ORDER BY updated_at",
-                    (older_than,),
-                )
-            ]
+        async def q(conn: AsyncConnection) -> list[Payment]:
+            return [_payment(row) for row in await sql.rows(conn, _STUCK, before=older_than)]
 
         return await self._db.read(q)
 
     async def summary(self, since: float) -> PaymentSummary:
-        def q(conn: sqlite3.Connection) -> PaymentSummary:
-            topups, topped_up, topup_stars = conn.execute(
-                "SELECT COUNT(*), COALESCE(SUM(amount), 0), COALESCE(SUM(stars), 0)"
-                " FROM payments WHERE created_at >= ?",
-                (since,),
-            ).fetchone()
-            refunds, refunded, refund_stars = conn.execute(
-                "SELECT COUNT(*), COALESCE(SUM(amount), 0), COALESCE(SUM(stars), 0)"
-                " FROM payments WHERE status = 'refunded' AND updated_at >= ?",
-                (since,),
-            ).fetchone()
-            return PaymentSummary(topups, topped_up, topup_stars, refunds, refunded, refund_stars)
+        async def q(conn: AsyncConnection) -> PaymentSummary:
+            topups = await sql.first(conn, _TOPUPS, since=since)
+            refunds = await sql.first(conn, _REFUNDS, since=since)
+            assert topups is not None and refunds is not None
+            return PaymentSummary(*(int(v) for v in topups), *(int(v) for v in refunds))
 
         return await self._db.read_snapshot(q)
 
@@ -378,32 +417,17 @@ class Payments:
         return await self._db.read_snapshot(violations)
 
 
-def violations(conn: sqlite3.Connection) -> list[str]:
+async def violations(conn: AsyncConnection) -> list[str]:
     """Each payment has one credit row of its amount; its rows sum to the amount while
     credited and to zero once refunding or refunded; no stars row without a payment."""
     problems: list[str] = []
-    for charge_id, status, amount, credits, net in conn.execute(
-        "SELECT p.charge_id, p.status, p.amount,"
-        " (SELECT COUNT(*) FROM ledger l WHERE l.idempotency_key = 'stars:' || p.charge_id"
-        "   AND l.user_id = p.user_id AND l.kind = 'credit' AND l.amount = p.amount),"
-        " (SELECT COALESCE(SUM(l.amount), 0) FROM ledger l WHERE l.user_id = p.user_id AND ("
-        "   l.idempotency_key = 'stars:' || p.charge_id"
-        "   OR substr(l.idempotency_key, 1, length(p.charge_id) + 14)"
-        "      = 'stars-refund:' || p.charge_id || ':'"
-        "   OR substr(l.idempotency_key, 1, length(p.charge_id) + 15)"
-        "      = 'stars-restore:' || p.charge_id || ':'))"
-        " FROM payments p ORDER BY p.id"
-    ):
+    for charge_id, status, amount, credits, net in await sql.rows(conn, _BOOKS):
         expected = amount if status == PaymentStatus.CREDITED else 0
         if credits != 1 or net != expected:
             problems.append(
                 f"payment {charge_id}: {status} of {amount} but its ledger rows sum to {net}"
                 f" ({credits} credit row(s))"
             )
-    for (key,) in conn.execute(
-        "SELECT l.idempotency_key FROM ledger l WHERE substr(l.idempotency_key, 1, 6) = 'stars:'"
-        " AND NOT EXISTS (SELECT 1 FROM payments p"
-        "   WHERE 'stars:' || p.charge_id = l.idempotency_key)"
-    ):
+    for (key,) in await sql.rows(conn, _ORPHAN_CREDITS):
         problems.append(f"ledger row {key!r} without its payment")
     return problems

@@ -18,9 +18,9 @@ import pytest
 
 from bot.services.currency import CURRENCY_KEY, CurrencyChanged
 from bot.settings import Settings
+from sandbox.smsman import FakeSmsMan
+from sandbox.telegram import FakeTelegram
 from storage.db import Database
-from tests.fakes.smsman import FakeSmsMan
-from tests.fakes.telegram import FakeTelegram
 from tests.flows import buy, reach_confirm, say
 from tests.inprocess import running
 from tests.test_settings import ROOT, _env_without_settings

@@ -8,8 +8,8 @@ from collections.abc import Callable
 import pytest
 
 from bot.settings import Settings
-from tests.fakes.smsman import FakeSmsMan
-from tests.fakes.telegram import FakeTelegram
+from sandbox.smsman import FakeSmsMan
+from sandbox.telegram import FakeTelegram
 from tests.flows import say
 from tests.inprocess import running
 

@@ -1,18 +1,17 @@
-"""Stars payments in storage: credited once per charge, the refund state machine, the books."""
+"""Stars payments in storage, on both engines: credited once per charge, the refund state
+machine, the books."""
 
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.db import Database
 from storage.errors import InsufficientFunds
 from storage.payments import PaymentSource, PaymentStatus
-
-pytestmark = pytest.mark.asyncio
-
 
 async def _credit(db: Database, charge: str, user: int = 7, amount: int = 135_00) -> bool:
     _payment, new = await db.payments.credit(
@@ -27,8 +26,8 @@ async def _credit(db: Database, charge: str, user: int = 7, amount: int = 135_00
     return new
 
 
-async def test_a_charge_is_credited_once_even_when_raced(tmp_path: Path) -> None:
-    async with await Database.open(tmp_path / "db.sqlite3") as db:
+async def test_a_charge_is_credited_once_even_when_raced(database_url: str) -> None:
+    async with await Database.open(database_url) as db:
         results = await asyncio.gather(*(_credit(db, "ch-1") for _ in range(10)))
         assert results.count(True) == 1
         assert await db.wallet.balance(7) == (135_00, 0)
@@ -36,8 +35,8 @@ async def test_a_charge_is_credited_once_even_when_raced(tmp_path: Path) -> None
         assert await db.wallet.check_invariant() == []
 
 
-async def test_refund_moves_are_guarded_and_keep_the_books(tmp_path: Path) -> None:
-    async with await Database.open(tmp_path / "db.sqlite3") as db:
+async def test_refund_moves_are_guarded_and_keep_the_books(database_url: str) -> None:
+    async with await Database.open(database_url) as db:
         await _credit(db, "ch-1")
         started = await db.payments.begin_refund("ch-1")
         assert started is not None and started.status is PaymentStatus.REFUNDING
@@ -60,8 +59,8 @@ async def test_refund_moves_are_guarded_and_keep_the_books(tmp_path: Path) -> No
         assert await db.wallet.check_invariant() == []
 
 
-async def test_a_refund_of_spent_money_is_refused_and_changes_nothing(tmp_path: Path) -> None:
-    async with await Database.open(tmp_path / "db.sqlite3") as db:
+async def test_a_refund_of_spent_money_is_refused_and_changes_nothing(database_url: str) -> None:
+    async with await Database.open(database_url) as db:
         await _credit(db, "ch-1")
         await db.wallet.debit(7, 1, note=None, idempotency_key="spend")
         with pytest.raises(InsufficientFunds) as refused:
@@ -73,8 +72,8 @@ async def test_a_refund_of_spent_money_is_refused_and_changes_nothing(tmp_path: 
         assert await db.wallet.check_invariant() == []
 
 
-async def test_refunded_elsewhere_may_take_the_wallet_below_zero(tmp_path: Path) -> None:
-    async with await Database.open(tmp_path / "db.sqlite3") as db:
+async def test_refunded_elsewhere_may_take_the_wallet_below_zero(database_url: str) -> None:
+    async with await Database.open(database_url) as db:
         await _credit(db, "ch-1")
         await db.wallet.debit(7, 100_00, note=None, idempotency_key="spend")
         assert await db.payments.refunded_elsewhere("ch-1")
@@ -82,12 +81,12 @@ async def test_refunded_elsewhere_may_take_the_wallet_below_zero(tmp_path: Path)
         assert await db.wallet.check_invariant() == []
 
 
-async def test_the_invariant_sees_a_payment_without_its_money(tmp_path: Path) -> None:
-    async with await Database.open(tmp_path / "db.sqlite3") as db:
+async def test_the_invariant_sees_a_payment_without_its_money(database_url: str) -> None:
+    async with await Database.open(database_url) as db:
         await _credit(db, "ch-1")
 
-        def tamper(conn: object) -> None:
-            conn.execute("UPDATE payments SET status = 'refunded'")  # type: ignore[attr-defined]
+        async def tamper(conn: AsyncConnection) -> None:
+            await conn.execute(text("UPDATE payments SET status = 'refunded'"))
 
         await db.write(tamper)
         problems = await db.wallet.check_invariant()

@@ -9,6 +9,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from bot.app import App
 from bot.services.stars import PayloadSigner, Quote, stars_credit
 from bot.settings import Settings
@@ -24,6 +26,12 @@ SettingsFactory = Callable[..., Settings]
 # 100 Stars x 0.30 = 30.00 ₽: one number (29.00 ₽) fits, two do not.
 STARS_SHOP: dict[str, Any] = {**SHOP, "stars_rate": "0.30", "topup_stars": "50,100,250"}
 CREDIT_100 = 30_00
+
+
+@pytest.fixture
+def bot_settings(bot_settings_on_each_engine: SettingsFactory) -> SettingsFactory:
+    """Every scenario here runs once on SQLite and once on PostgreSQL."""
+    return bot_settings_on_each_engine
 
 
 async def invoice_for(user: FakeUser, stars: int) -> FakeMessage:
