@@ -13,6 +13,7 @@ from storage.db import Database
 from storage.errors import InsufficientFunds
 from storage.payments import PaymentSource, PaymentStatus
 
+
 async def _credit(db: Database, charge: str, user: int = 7, amount: int = 135_00) -> bool:
     _payment, new = await db.payments.credit(
         charge_id=charge,
