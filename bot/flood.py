@@ -19,6 +19,8 @@ from aiogram.exceptions import TelegramRetryAfter
 from aiogram.methods import GetUpdates, TelegramMethod
 from aiogram.methods.base import TelegramType
 
+from bot import metrics
+
 if TYPE_CHECKING:
     from aiogram import Bot
     from aiogram.methods import Response
@@ -38,16 +40,29 @@ class RetryAfter(BaseRequestMiddleware):
         method: TelegramMethod[TelegramType],
     ) -> Response[TelegramType]:
         attempt = 1
+        name = type(method).__name__
+        counted = not isinstance(method, GetUpdates)  # long polls are not sends
         while True:
             try:
-                return await make_request(bot, method)
+                response = await make_request(bot, method)
             except TelegramRetryAfter as exc:
+                metrics.TELEGRAM_429.labels(name).inc()
+                if counted:
+                    metrics.TELEGRAM_REQUESTS.labels(name, "flood_wait").inc()
                 if (
                     isinstance(method, GetUpdates)  # the polling loop has its own backoff
                     or attempt >= self._attempts
                     or exc.retry_after > self._max_wait
                 ):
                     raise
-                log.info("%s: 429, retrying in %ss", type(method).__name__, exc.retry_after)
+                log.info("%s: 429, retrying in %ss", name, exc.retry_after)
                 await asyncio.sleep(exc.retry_after)
                 attempt += 1
+            except Exception as exc:
+                if counted:
+                    metrics.TELEGRAM_REQUESTS.labels(name, type(exc).__name__).inc()
+                raise
+            else:
+                if counted:
+                    metrics.TELEGRAM_REQUESTS.labels(name, "ok").inc()
+                return response

@@ -20,6 +20,7 @@ from typing import Protocol
 from aiogram.types import InlineKeyboardMarkup
 from aiogram.utils.i18n import I18n
 
+from bot import metrics
 from bot.notify import Notifier, Outcome
 from bot.services.catalogue import CatalogueService
 from bot.services.money import from_minor
@@ -646,7 +647,10 @@ class OrderService:
             text = texts.code_message(order, code.code)
         result = await self._notifier.send(order.chat_id, text)
         if result.ok and result.message_id is not None:
-            await self._db.codes.mark_delivered(code.id, result.message_id, now=self.clock())
+            now = self.clock()
+            await self._db.codes.mark_delivered(code.id, result.message_id, now=now)
+            metrics.CODES_DELIVERED.inc()
+            metrics.CODE_DELAY.observe(max(0.0, now - code.received_at))
             log.info("order %s user %s: code delivered", order.id, order.user_id)
         elif result.outcome is Outcome.UNAVAILABLE and self.on_undelivered is not None:
             self.on_undelivered(order.id)
