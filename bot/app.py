@@ -34,6 +34,7 @@ from bot.services.catalogue import CatalogueService
 from bot.services.currency import record_currency
 from bot.services.orders import OrderService
 from bot.services.pricing import Pricing
+from bot.services.stars import StarsService
 from bot.services.users import UserService
 from bot.settings import Settings
 from bot.smsman.client import SmsManClient
@@ -63,6 +64,7 @@ class App:
     orders: OrderService
     admin: AdminService
     poller: Poller
+    stars: StarsService
     i18n: I18n
     in_flight: InFlight
     redis: Redis | None = None
@@ -80,6 +82,7 @@ class App:
         await self.poller.start()
         self._spawn(self._warm())
         self._spawn(self.admin.watch_balance())
+        self._spawn(self.stars.run_reconciler())
 
     async def on_shutdown(self) -> None:
         await self.in_flight.wait(timeout=5.0)
@@ -205,6 +208,8 @@ async def build_app(settings: Settings) -> App:
     catalogue = CatalogueService(client, settings.popular_countries)
     pricing = Pricing(settings, db)
     await pricing.load()
+    stars = StarsService(settings, db, bot)
+    await stars.load()
 
     async def on_blocked(chat_id: int) -> None:
         await db.users.set_blocked(chat_id, True)
@@ -255,6 +260,7 @@ async def build_app(settings: Settings) -> App:
         orders=orders,
         admin=admin,
         poller=poller,
+        stars=stars,
         i18n=i18n,
         in_flight=in_flight,
         redis=redis,
@@ -270,6 +276,7 @@ async def build_app(settings: Settings) -> App:
         pricing=pricing,
         access=access,
         admin=admin,
+        stars_service=stars,
         users=users,
         i18n=i18n,
         menus=Menus(catalogue, pricing, settings),

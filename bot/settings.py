@@ -19,6 +19,8 @@ _WEBHOOK_SECRET_RE = re.compile(r"[A-Za-z0-9_-]{1,256}")
 _LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
 DEFAULT_POPULAR_COUNTRIES = ("RU", "UA", "KZ", "US", "GB", "ID", "PH", "IN", "BR", "VN")
+DEFAULT_TOPUP_STARS = (50, 100, 250, 500, 1000)
+MAX_INVOICE_STARS = 10_000  # Telegram's limit for one Stars invoice
 # What @BotFather hands out: the bot's numeric id, a colon, then letters, digits, _ and -.
 _BOT_TOKEN = re.compile(r"[0-9]{1,20}:[A-Za-z0-9_-]{1,100}")
 
@@ -66,6 +68,10 @@ class Settings(BaseSettings):
     )
     purchases_per_minute: int = Field(default=5, ge=1, le=1000)
     multiple_sms: bool = False
+    stars_rate: Decimal | None = Field(default=None, gt=0, le=1_000_000)
+    topup_stars: Annotated[list[int], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_TOPUP_STARS)
+    )
     redis_url: str = ""
     webhook_url: str = ""
     webhook_secret: SecretStr = SecretStr("")
@@ -122,6 +128,25 @@ class Settings(BaseSettings):
     @classmethod
     def _split(cls, value: Any) -> Any:
         return _split_ids(value)
+
+    @field_validator("stars_rate", mode="before")
+    @classmethod
+    def _empty_rate(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("topup_stars", mode="before")
+    @classmethod
+    def _split_stars(cls, value: Any) -> Any:
+        return _split_ids(value)
+
+    @field_validator("topup_stars")
+    @classmethod
+    def _stars(cls, value: list[int]) -> list[int]:
+        if not value:
+            raise ValueError("needs at least one amount of Stars")
+        if any(not 1 <= stars <= MAX_INVOICE_STARS for stars in value):
+            raise ValueError(f"each amount must be 1..{MAX_INVOICE_STARS} Stars")
+        return sorted(set(value))
 
     @field_validator("popular_countries")
     @classmethod
@@ -182,6 +207,11 @@ class Settings(BaseSettings):
     @property
     def is_shop(self) -> bool:
         return self.access_mode is AccessMode.SHOP
+
+    @property
+    def stars_enabled(self) -> bool:
+        """Wallets may be topped up with Telegram Stars (shop mode with STARS_RATE)."""
+        return self.is_shop and self.stars_rate is not None
 
 
 def _is_loopback(url: str) -> bool:

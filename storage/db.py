@@ -23,6 +23,7 @@ from storage.engine import Engines, database_path, make_engines
 from storage.fsm import FsmData
 from storage.kv import KeyValue
 from storage.orders import Orders
+from storage.payments import Payments
 from storage.stats import Stats
 from storage.users import Users
 from storage.wallet import Wallet
@@ -50,6 +51,7 @@ class Database:
         self.wallet = Wallet(self)
         self.kv = KeyValue(self)
         self.stats = Stats(self)
+        self.payments = Payments(self)
         self.fsm = FsmData(self)
 
     @property

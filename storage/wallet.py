@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from storage import ledger, rows, sql
+from storage import ledger, payments, rows, sql
 from storage.errors import InsufficientFunds, InvalidAmount
 from storage.models import LedgerKind, LedgerRow, Money, OrderStatus
 from storage.rows import LEDGER_COLUMNS
@@ -235,4 +235,5 @@ async def invariant_violations(conn: AsyncConnection) -> list[str]:
             )
         if other_user:
             problems.append(f"order {order_id}: {other_user} ledger row(s) of another user")
+    problems += await payments.violations(conn)  # Stars top-ups and their refunds
     return problems
