@@ -31,6 +31,8 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from storage import sqlite_driver
+
 BUSY_TIMEOUT_MS = 10_000
 
 _SQLITE_PREFIXES = ("sqlite+aiosqlite:///", "sqlite:///")
@@ -84,12 +86,19 @@ def make_engines(url_or_path: str | Path) -> Engines:
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
         # pool_reset_on_return=None: every checkout ends in our own COMMIT or ROLLBACK, so
         # the pool's extra ROLLBACK would only cost one more thread hop per call.
-        base = create_async_engine(url, pool_size=4, max_overflow=4, pool_reset_on_return=None)
+        base = create_async_engine(
+            url,
+            module=sqlite_driver.dbapi(),
+            pool_size=4,
+            max_overflow=4,
+            pool_reset_on_return=None,
+        )
         _sqlite_events(base)
         return Engines(
             base=base,
             write=base.execution_options(sqlite_begin="BEGIN IMMEDIATE"),
-            read=base.execution_options(sqlite_begin="BEGIN"),
+            # A single SELECT is its own transaction in autocommit: no BEGIN, no COMMIT.
+            read=base.execution_options(sqlite_begin=None),
             snapshot=base.execution_options(sqlite_begin="BEGIN"),
             is_sqlite=True,
         )

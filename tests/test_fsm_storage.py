@@ -11,8 +11,8 @@ from aiogram.fsm.storage.base import StorageKey
 from bot.settings import Settings
 from storage import Database
 from storage.fsm import DatabaseFsmStorage
-from tests.fakes.smsman import FakeSmsMan
-from tests.fakes.telegram import FakeTelegram
+from sandbox.smsman import FakeSmsMan
+from sandbox.telegram import FakeTelegram
 from tests.inprocess import running
 from tests.test_shop import say
 
