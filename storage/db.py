@@ -21,6 +21,7 @@ from storage import migrate as _migrate
 from storage.codes import Codes
 from storage.engine import Engines, database_path, make_engines
 from storage.fsm import FsmData
+from storage.group_commit import GroupCommit
 from storage.kv import KeyValue
 from storage.orders import Orders
 from storage.stats import Stats
@@ -39,9 +40,9 @@ class Database:
     def __init__(self, engines: Engines) -> None:
         self._engines = engines
         self.is_sqlite = engines.is_sqlite
-        # SQLite has one writer at a time anyway (BEGIN IMMEDIATE): queueing here instead of
-        # in SQLite's busy handler keeps the wait short and fair.
-        self._write_lock: asyncio.Lock | None = asyncio.Lock() if engines.is_sqlite else None
+        # SQLite has one writer at a time anyway (BEGIN IMMEDIATE): one writer task runs the
+        # queued write calls, several per COMMIT (storage/group_commit.py).
+        self._group = GroupCommit(engines.write) if engines.is_sqlite else None
         self._running: set[asyncio.Task[Any]] = set()
         self._closed = False
         self.users = Users(self)
@@ -82,8 +83,10 @@ class Database:
     async def drain(self) -> None:
         """Wait until every transaction started so far has ended, including those whose
         callers were cancelled (they still commit or roll back on their own)."""
-        while self._running:
+        while self._running or (self._group is not None and self._group.busy):
             await asyncio.gather(*list(self._running), return_exceptions=True)
+            if self._group is not None:
+                await self._group.drain()
 
     async def close(self) -> None:
         self._closed = True
@@ -101,8 +104,15 @@ class Database:
         await self.close()
 
     async def write(self, fn: Tx[T]) -> T:
-        """Run `fn(conn)` as one write transaction (BEGIN IMMEDIATE on SQLite)."""
-        return await self._shielded(self._write(fn))
+        """Run `fn(conn)` as one write transaction: whole or not at all, and done (on disk)
+        when this returns. SQLite: in the writer's BEGIN IMMEDIATE batch, after a SAVEPOINT
+        of its own (storage/group_commit.py)."""
+        if self._group is None:
+            return await self._shielded(self._in(self._engines.write, fn))
+        if self._closed:
+            raise RuntimeError("the database is closed")
+        result: T = await asyncio.shield(self._group.submit(fn))
+        return result
 
     async def read(self, fn: Tx[T]) -> T:
         """Run `fn(conn)` for reads that need no common snapshot."""
@@ -119,12 +129,6 @@ class Database:
             return await conn.run_sync(_migrate.current_revision)
 
         return await self.read(q)
-
-    async def _write(self, fn: Tx[T]) -> T:
-        if self._write_lock is None:
-            return await self._in(self._engines.write, fn)
-        async with self._write_lock:
-            return await self._in(self._engines.write, fn)
 
     @staticmethod
     async def _in(engine: AsyncEngine, fn: Tx[T]) -> T:

@@ -84,15 +84,10 @@ def make_engines(url_or_path: str | Path) -> Engines:
     if url.get_backend_name() == "sqlite":
         assert url.database
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-        # pool_reset_on_return=None: every checkout ends in our own COMMIT or ROLLBACK, so
-        # the pool's extra ROLLBACK would only cost one more thread hop per call.
-        base = create_async_engine(
-            url,
-            module=sqlite_driver.dbapi(),
-            pool_size=4,
-            max_overflow=4,
-            pool_reset_on_return=None,
-        )
+        # The pool's ROLLBACK on return stays: it costs no thread hop when SQLite says no
+        # transaction is open (storage/sqlite_driver.py), and it is what ends a transaction
+        # whose COMMIT failed (a deferred constraint, a full disk) before the next checkout.
+        base = create_async_engine(url, module=sqlite_driver.dbapi(), pool_size=4, max_overflow=4)
         _sqlite_events(base)
         return Engines(
             base=base,
