@@ -128,5 +128,10 @@ def _sqlite_events(engine: AsyncEngine) -> None:
     @event.listens_for(engine.sync_engine, "begin")
     def _begin(conn: Connection) -> None:
         begin = conn.get_execution_options().get("sqlite_begin", "BEGIN IMMEDIATE")
-        if begin is not None:  # None: the caller BEGINs itself (storage.migrate)
+        if begin is None:  # autocommit reads, or the caller BEGINs itself (storage.migrate)
+            return
+        dbapi_connection = conn.connection.dbapi_connection
+        if isinstance(dbapi_connection, sqlite_driver.OneHopConnection):
+            dbapi_connection.defer(begin)  # goes with the first statement: one hop less
+        else:
             conn.exec_driver_sql(begin)

@@ -27,7 +27,11 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from storage.sqlite_driver import OneHopConnection
+
 Tx = Callable[[AsyncConnection], Awaitable[Any]]
+
+_SAVEPOINT = "SAVEPOINT call"
 
 # A bound on how long the first caller of a batch waits for the others' statements.
 MAX_BATCH = 32
@@ -99,11 +103,17 @@ async def _in_savepoint(
 ) -> tuple[asyncio.Future[Any], Any, BaseException | None]:
     # One name for all: ROLLBACK TO goes to the newest savepoint of that name, which is
     # this call's; unreleased savepoints of earlier calls just end with the COMMIT.
-    await conn.exec_driver_sql("SAVEPOINT call")
+    raw = (await conn.get_raw_connection()).dbapi_connection
+    deferred = isinstance(raw, OneHopConnection)
+    if deferred:
+        raw.defer(_SAVEPOINT)  # goes with the call's first statement: one hop less
+    else:
+        await conn.exec_driver_sql(_SAVEPOINT)
     try:
         result = await fn(conn)
     except Exception as error:
-        await conn.exec_driver_sql("ROLLBACK TO call")
+        if not (deferred and raw.undefer(_SAVEPOINT)):  # still pending: nothing to undo
+            await conn.exec_driver_sql("ROLLBACK TO call")
         return future, None, error
     return future, result, None
 

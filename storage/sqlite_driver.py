@@ -30,8 +30,12 @@ from sqlalchemy.util.concurrency import await_
 _Outcome = tuple[Any, list[Any], int, int | None, bool]
 
 
-def _run_statement(conn: sqlite3.Connection, operation: str, parameters: Any) -> _Outcome:
-    """On the connection's thread: execute, fetch everything, close."""
+def _run_statement(
+    conn: sqlite3.Connection, prelude: list[str], operation: str, parameters: Any
+) -> _Outcome:
+    """On the connection's thread: the deferred statements, then execute, fetch, close."""
+    for statement in prelude:
+        conn.execute(statement)
     cursor = conn.cursor()
     try:
         cursor.execute(operation, () if parameters is None else parameters)
@@ -89,8 +93,9 @@ class _OneHopCursor(AsyncAdapt_aiosqlite_cursor):
         assert isinstance(adapt, OneHopConnection)
         async with adapt._execute_mutex:
             adapt.in_transaction = True  # unknown until the statement answers
+            prelude, adapt.prelude = adapt.prelude, []
             outcome: _Outcome = await self._connection._execute(
-                _run_statement, self._connection._conn, operation, parameters
+                _run_statement, self._connection._conn, prelude, operation, parameters
             )
             self._description, rows, self._rowcount, self._lastrowid, in_tx = outcome
             adapt.in_transaction = in_tx
@@ -103,8 +108,11 @@ class _OneHopCursor(AsyncAdapt_aiosqlite_cursor):
         async with adapt._execute_mutex:
             adapt.in_transaction = True
             conn = self._connection._conn
+            prelude, adapt.prelude = adapt.prelude, []
 
             def run() -> tuple[int, bool]:
+                for statement in prelude:
+                    conn.execute(statement)
                 cursor = conn.executemany(operation, seq_of_parameters)
                 try:
                     return cursor.rowcount, conn.in_transaction
@@ -117,7 +125,7 @@ class _OneHopCursor(AsyncAdapt_aiosqlite_cursor):
 
 
 class OneHopConnection(AsyncAdapt_aiosqlite_connection):
-    __slots__ = ("in_transaction",)
+    __slots__ = ("in_transaction", "prelude")
 
     _cursor_cls = _OneHopCursor
 
@@ -125,13 +133,29 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
         super().__init__(dbapi, connection)
         # Not known yet: the first COMMIT/ROLLBACK goes to the thread and finds out.
         self.in_transaction = True
+        # Statements without results (BEGIN, SAVEPOINT) that ride along with the next one.
+        self.prelude: list[str] = []
+
+    def defer(self, statement: str) -> None:
+        """Run `statement` just before the next one, in the same hop. If it fails, the
+        next statement fails with its error; if none follows, it never runs."""
+        self.prelude.append(statement)
+
+    def undefer(self, statement: str) -> bool:
+        """Take back `statement` if it has not run yet. True if it was still pending."""
+        if self.prelude and self.prelude[-1] == statement:
+            self.prelude.pop()
+            return True
+        return False
 
     def commit(self) -> None:
+        self.prelude.clear()  # a BEGIN with nothing after it: nothing to commit
         if self.in_transaction:
             super().commit()
             self.in_transaction = False
 
     def rollback(self) -> None:
+        self.prelude.clear()
         if self.in_transaction:
             super().rollback()
             self.in_transaction = False
