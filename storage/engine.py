@@ -87,7 +87,8 @@ def make_engines(url_or_path: str | Path) -> Engines:
         # The pool's ROLLBACK on return stays: it costs no thread hop when SQLite says no
         # transaction is open (storage/sqlite_driver.py), and it is what ends a transaction
         # whose COMMIT failed (a deferred constraint, a full disk) before the next checkout.
-        base = create_async_engine(url, module=sqlite_driver.dbapi(), pool_size=4, max_overflow=4)
+        # 8 kept: a connection beyond the pool is a new thread and file handle each time.
+        base = create_async_engine(url, module=sqlite_driver.dbapi(), pool_size=8, max_overflow=8)
         _sqlite_events(base)
         return Engines(
             base=base,
@@ -97,11 +98,19 @@ def make_engines(url_or_path: str | Path) -> Engines:
             snapshot=base.execution_options(sqlite_begin="BEGIN"),
             is_sqlite=True,
         )
-    base = create_async_engine(url, pool_size=10, max_overflow=10)
+    # 16 kept: a connection beyond the pool is a new PostgreSQL backend each time, and a
+    # busy bot has that many calls in flight. Prepared statements are cached per connection.
+    base = create_async_engine(
+        url,
+        pool_size=16,
+        max_overflow=8,
+        connect_args={"prepared_statement_cache_size": 256},
+    )
     return Engines(
         base=base,
         write=base,
-        read=base,
+        # A single SELECT needs no transaction around it: no BEGIN and COMMIT round trips.
+        read=base.execution_options(isolation_level="AUTOCOMMIT"),
         snapshot=base.execution_options(isolation_level="REPEATABLE READ"),
         is_sqlite=False,
     )
