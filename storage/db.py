@@ -24,6 +24,7 @@ from storage.fsm import FsmData
 from storage.group_commit import GroupCommit
 from storage.kv import KeyValue
 from storage.orders import Orders
+from storage.reader import SerialReader
 from storage.stats import Stats
 from storage.users import Users
 from storage.wallet import Wallet
@@ -43,6 +44,8 @@ class Database:
         # SQLite has one writer at a time anyway (BEGIN IMMEDIATE): one writer task runs the
         # queued write calls, several per COMMIT (storage/group_commit.py).
         self._group = GroupCommit(engines.write) if engines.is_sqlite else None
+        # ... and one reader task answers single-statement reads (storage/reader.py).
+        self._reader = SerialReader(engines.read) if engines.is_sqlite else None
         self._running: set[asyncio.Task[Any]] = set()
         self._closed = False
         self.users = Users(self)
@@ -91,6 +94,8 @@ class Database:
     async def close(self) -> None:
         self._closed = True
         await self.drain()
+        if self._reader is not None:
+            await self._reader.close()
         if self.is_sqlite:
             with contextlib.suppress(Exception):
                 async with self._engines.base.connect() as conn:
@@ -115,8 +120,13 @@ class Database:
         return result
 
     async def read(self, fn: Tx[T]) -> T:
-        """Run `fn(conn)` for reads that need no common snapshot."""
-        return await self._shielded(self._in(self._engines.read, fn))
+        """Run `fn(conn)` for ONE statement's read (autocommit: no transaction around it)."""
+        if self._reader is None:
+            return await self._shielded(self._in(self._engines.read, fn))
+        if self._closed:
+            raise RuntimeError("the database is closed")
+        result: T = await self._reader.submit(fn)
+        return result
 
     async def read_snapshot(self, fn: Tx[T]) -> T:
         """Run `fn(conn)` in one read transaction: every SELECT sees the same state."""

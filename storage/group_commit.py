@@ -104,15 +104,15 @@ async def _in_savepoint(
     # One name for all: ROLLBACK TO goes to the newest savepoint of that name, which is
     # this call's; unreleased savepoints of earlier calls just end with the COMMIT.
     raw = (await conn.get_raw_connection()).dbapi_connection
-    deferred = isinstance(raw, OneHopConnection)
-    if deferred:
-        raw.defer(_SAVEPOINT)  # goes with the call's first statement: one hop less
+    one_hop = raw if isinstance(raw, OneHopConnection) else None
+    if one_hop is not None:
+        one_hop.defer(_SAVEPOINT)  # goes with the call's first statement: one hop less
     else:
         await conn.exec_driver_sql(_SAVEPOINT)
     try:
         result = await fn(conn)
     except Exception as error:
-        if not (deferred and raw.undefer(_SAVEPOINT)):  # still pending: nothing to undo
+        if one_hop is None or not one_hop.undefer(_SAVEPOINT):  # pending: nothing to undo
             await conn.exec_driver_sql("ROLLBACK TO call")
         return future, None, error
     return future, result, None

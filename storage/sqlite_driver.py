@@ -25,7 +25,6 @@ from sqlalchemy.dialects.sqlite.aiosqlite import (
     AsyncAdapt_aiosqlite_dbapi,
 )
 from sqlalchemy.util import EMPTY_DICT
-from sqlalchemy.util.concurrency import await_
 
 _Outcome = tuple[Any, list[Any], int, int | None, bool]
 
@@ -47,7 +46,7 @@ def _run_statement(
 
 
 class _OneHopCursor(AsyncAdapt_aiosqlite_cursor):
-    __slots__ = ("_description", "_rowcount", "_lastrowid")
+    __slots__ = ("_description", "_lastrowid", "_rowcount")
 
     # close() must not await anything: there is no aiosqlite cursor left to close.
     _awaitable_cursor_close = False
@@ -127,7 +126,7 @@ class _OneHopCursor(AsyncAdapt_aiosqlite_cursor):
 class OneHopConnection(AsyncAdapt_aiosqlite_connection):
     __slots__ = ("in_transaction", "prelude")
 
-    _cursor_cls = _OneHopCursor
+    _cursor_cls = _OneHopCursor  # type: ignore[assignment]
 
     def __init__(self, dbapi: Any, connection: Any) -> None:
         super().__init__(dbapi, connection)

@@ -102,3 +102,21 @@ async def test_close_waits_for_queued_calls_of_cancelled_callers(tmp_path: Path)
         caller.cancel()
     await database.close()
     assert committed_keys(tmp_path / "bot.sqlite3") == {f"k{i}" for i in range(40)}
+
+
+async def test_reads_go_on_after_a_failing_and_a_cancelled_read(db: Database) -> None:
+    """The one reader connection (storage/reader.py) survives its callers' troubles."""
+    await db.write(put("a"))
+
+    async def broken(conn: AsyncConnection) -> None:
+        await conn.execute(text("SELECT no_such_column FROM kv"))
+
+    with pytest.raises(exc.OperationalError):
+        await db.read(broken)
+    waiting = [asyncio.ensure_future(db.kv.get("a")) for _ in range(20)]
+    await asyncio.sleep(0)
+    for caller in waiting[::2]:
+        caller.cancel()
+    answers = await asyncio.gather(*waiting, return_exceptions=True)
+    assert list(answers[1::2]) == ["v"] * 10
+    assert await db.kv.get("a") == "v"
