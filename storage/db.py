@@ -1,10 +1,14 @@
 """The database: SQLAlchemy Core (async) over aiosqlite or asyncpg (see storage/engine.py).
 
-Every repository call is ONE transaction run as its own task on its own pooled connection,
-and the caller awaits it through `asyncio.shield`. A cancelled caller (a handler timing out,
-a shutdown) therefore cannot cut a transaction in half: the task goes on to COMMIT or
-ROLLBACK on its own, the caller just does not see the outcome. `close()` waits for such
-orphaned transactions before disposing of the pool. Two tasks never share a connection.
+Every repository call is ONE transaction that no caller runs itself, so a cancelled caller
+(a handler timing out, a shutdown) cannot cut it in half: it goes on to COMMIT or ROLLBACK,
+the caller just does not see the outcome, and `close()` waits for it.
+
+- SQLite writes: one writer task, several calls per COMMIT, a SAVEPOINT each
+  (storage/group_commit.py); single-statement reads: one reader task on its own connection
+  (storage/reader.py). Each task owns its connection.
+- Everything else (PostgreSQL, snapshot reads): a task of its own on its own pooled
+  connection, awaited through `asyncio.shield`. Two tasks never share a connection.
 """
 
 from __future__ import annotations

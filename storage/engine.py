@@ -10,15 +10,20 @@ PostgreSQL takes that row's lock until COMMIT.
 Where they differ (and nowhere else):
 
 - Write transaction. SQLite: `BEGIN IMMEDIATE` takes the file's write lock at BEGIN, so
-  writers run one at a time (one asyncio.Lock per process queues them before the busy
-  handler would). PostgreSQL: READ COMMITTED; writers of one user queue on that user's row
-  lock (taken by `ledger.lock_user`'s UPDATE), other users' writes run in parallel.
+  writers run one at a time: one writer task per process runs the queued write calls, several
+  per COMMIT, a SAVEPOINT each (storage/group_commit.py). PostgreSQL: READ COMMITTED; writers
+  of one user queue on that user's row lock (taken by `ledger.lock_user`'s UPDATE), other
+  users' writes run in parallel, each call on its own pooled connection.
+- Single-statement read (`read`). SQLite: autocommit on one dedicated reader connection
+  (storage/reader.py). PostgreSQL: AUTOCOMMIT on a pooled connection. One statement sees one
+  state on both.
 - Consistent read (`read_snapshot`). SQLite: deferred `BEGIN` (a WAL snapshot).
   PostgreSQL: REPEATABLE READ.
 - Durability. SQLite: WAL with `synchronous=FULL`, so a committed ledger row survives a
   power cut. PostgreSQL: the server's fsync.
 - Connection setup. SQLite: busy_timeout, WAL, foreign_keys, and the driver's own BEGIN
-  switched off. PostgreSQL: nothing.
+  switched off; aiosqlite under a one-hop adapter (storage/sqlite_driver.py). PostgreSQL:
+  nothing.
 """
 
 from __future__ import annotations
