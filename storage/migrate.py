@@ -12,6 +12,7 @@ PostgreSQL. Two processes starting at once therefore never apply a step twice.
 
 from __future__ import annotations
 
+import logging
 import re
 import sqlite3
 from dataclasses import dataclass
@@ -29,6 +30,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from storage.engine import Engines
 from storage.errors import MigrationError
 
+_log = logging.getLogger(__name__)
+# Alembic says at INFO, every time it looks at a database, which implementation it picked;
+# only a step that actually ran is worth a line in the bot's log (logged below).
+logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)
 _ADVISORY_LOCK_ID = 0x5D5_3A11  # any constant shared by every replica of this bot
 _LEGACY_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
@@ -89,6 +94,9 @@ def _run(connection: Connection, target: str) -> None:
             " refusing to open it"
         )
     command.upgrade(alembic_config(connection), target)
+    after = current_revision(connection)
+    if after != current:
+        _log.info("database schema upgraded from %s to %s", current or "nothing", after)
 
 
 # -- the sqlite3-era steps, used by the baseline revision -------------------------------
