@@ -93,7 +93,10 @@ def make_engines(url_or_path: str | Path) -> Engines:
         # transaction is open (storage/sqlite_driver.py), and it is what ends a transaction
         # whose COMMIT failed (a deferred constraint, a full disk) before the next checkout.
         # 8 kept: a connection beyond the pool is a new thread and file handle each time.
-        base = create_async_engine(url, module=sqlite_driver.dbapi(), pool_size=8, max_overflow=8)
+        one_hop: dict[str, Any] = (
+            {"module": sqlite_driver.dbapi()} if sqlite_driver.SUPPORTED else {}
+        )
+        base = create_async_engine(url, pool_size=8, max_overflow=8, **one_hop)
         _sqlite_events(base)
         return Engines(
             base=base,

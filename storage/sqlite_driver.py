@@ -19,6 +19,7 @@ from collections import deque
 from typing import Any
 
 import aiosqlite
+import sqlalchemy
 from sqlalchemy.dialects.sqlite.aiosqlite import (
     AsyncAdapt_aiosqlite_connection,
     AsyncAdapt_aiosqlite_cursor,
@@ -27,6 +28,12 @@ from sqlalchemy.dialects.sqlite.aiosqlite import (
 from sqlalchemy.util import EMPTY_DICT
 
 _Outcome = tuple[Any, list[Any], int, int | None, bool]
+
+# The adapter builds on the asyncio adapter layout of SQLAlchemy 2.1 (and aiosqlite's
+# queue); with anything older, storage.engine keeps SQLAlchemy's own aiosqlite adapter.
+SUPPORTED = tuple(int(part) for part in sqlalchemy.__version__.split(".")[:2]) >= (2, 1) and (
+    hasattr(aiosqlite.Connection, "_execute")
+)
 
 
 def _run_statement(
