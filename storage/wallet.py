@@ -155,7 +155,8 @@ class Wallet:
             assert row is not None
             return int(row[0] or 0), int(row[1] or 0)
 
-        return await self._db.read_snapshot(q)
+        # One SELECT sees one state on both engines: no snapshot transaction needed.
+        return await self._db.read(q)
 
     async def holds_money(self) -> bool:
         """True while any wallet has a balance or any order has money on hold: what a
