@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import re
 from decimal import Decimal
@@ -16,7 +17,6 @@ from yarl import URL
 from storage.engine import normalize_url
 
 _WEBHOOK_SECRET_RE = re.compile(r"[A-Za-z0-9_-]{1,256}")
-_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
 DEFAULT_POPULAR_COUNTRIES = ("RU", "UA", "KZ", "US", "GB", "ID", "PH", "IN", "BR", "VN")
 DEFAULT_TOPUP_STARS = (50, 100, 250, 500, 1000)
@@ -99,7 +99,7 @@ class Settings(BaseSettings):
             return value
         parts = urlsplit(value)
         # http:// only to a loopback host: a local Bot API server (or the tests' fake).
-        loopback = parts.scheme == "http" and parts.hostname in _LOOPBACK
+        loopback = parts.scheme == "http" and _is_loopback(value)
         if not parts.hostname or not (parts.scheme == "https" or loopback):
             raise ValueError("must be an https:// URL (Telegram posts only to HTTPS)")
         return value
@@ -215,18 +215,11 @@ class Settings(BaseSettings):
 
 
 def _is_loopback(url: str) -> bool:
-    try:
-        host = URL(url).host
-    except ValueError:
-        return False
-    if not host:
-        return False
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
+    """Is the URL's host this machine (127.0.0.0/8, ::1, localhost)?"""
+    with contextlib.suppress(ValueError):
+        host = URL(url).host or ""
+        return host.lower() == "localhost" or ipaddress.ip_address(host.strip("[]")).is_loopback
+    return False
 
 
 def describe_errors(error: ValidationError) -> list[str]:
