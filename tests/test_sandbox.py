@@ -150,6 +150,7 @@ def test_the_sandboxed_bot_gets_none_of_the_shells_bot_settings(
     assert "WEBHOOK_URL" not in env and "REDIS_URL" not in env
     assert env["TELEGRAM_API_URL"] == "http://127.0.0.1:18765"
     assert env["ACCESS_MODE"] == "shop"
+    assert env["STARS_RATE"] == "1.35"  # /topup works in the demo
     assert env["DATABASE_URL"] == f"sqlite:///{tmp_path / 'bot.sqlite3'}"
     admins = env["ADMIN_IDS"].split(",")
     assert "1001" in admins and "1002" in admins and "2001" not in admins
