@@ -250,6 +250,25 @@ async def test_the_page_renders_only_telegrams_formatting(browser: Any, tmp_path
                 data={"chat_id": "1001", "text": '<img src=x onerror="window.pwned=3">'},
             ) as response:
                 assert (await response.json())["ok"]
+            # an invoice's title and description are text too
+            async with http.post(
+                f"{server.url}/bot{token}/sendInvoice",
+                data={
+                    "chat_id": "1001",
+                    "title": '<img src=x onerror="pwned=4">',
+                    "description": "<b>not bold</b> <script>window.pwned=5</script>",
+                    "payload": "p",
+                    "currency": "XTR",
+                    "prices": '[{"label": "x", "amount": 7}]',
+                },
+            ) as response:
+                assert (await response.json())["ok"], await response.text()
+            # Pay only on an invoice: not on a plain message
+            plain_id = telegram.user(1001).messages[0].message_id
+            async with http.post(
+                f"{server.url}/api/pay", json={"user": "alice-en", "message_id": plain_id}
+            ) as response:
+                assert response.status == 400
         page = await browser.new_page()
         await page.goto(server.url + "/")
         await page.get_by_text("fine link").first.wait_for()
@@ -262,6 +281,10 @@ async def test_the_page_renders_only_telegrams_formatting(browser: Any, tmp_path
         assert await chat.locator("a").get_attribute("href") == "https://example.org/"
         assert await page.evaluate("window.pwned") is None
         assert await page.get_by_text('<img src=x onerror="window.pwned=3">').count() == 1
+        invoice = chat.locator(".bubble.invoice")
+        await invoice.get_by_text('<img src=x onerror="pwned=4">').wait_for()
+        assert "<b>not bold</b>" in await invoice.locator(".invoice-description").inner_text()
+        assert await chat.get_by_role("button", name="Pay ⭐ 7").count() == 1
         await page.close()
     finally:
         await server.stop()
