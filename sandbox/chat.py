@@ -59,8 +59,11 @@ def identities(admin_id: int, user_id: int) -> list[Identity]:
     ]
 
 
-def message_json(message: FakeMessage, service: dict[str, Any] | None = None) -> dict[str, Any]:
-    """What the page draws. `service`: a payment's service message ("You paid ...")."""
+def message_json(
+    message: FakeMessage, service: dict[str, Any] | None = None, *, paid: bool = False
+) -> dict[str, Any]:
+    """What the page draws. `service`: a payment's service message ("You paid ...");
+    `paid`: an invoice paid already (Telegram then shows no Pay button)."""
     rows = (message.inline_markup or {}).get("inline_keyboard", [])
     keyboard = [
         [
@@ -84,7 +87,9 @@ def message_json(message: FakeMessage, service: dict[str, Any] | None = None) ->
             "description": message.invoice["description"],
             "stars": stars,
         }
-        if not keyboard:  # Telegram's own Pay button when the bot sent none
+        if paid:
+            keyboard = [[{"text": "Paid \u2713", "data": None, "url": None, "pay": False}]]
+        elif not keyboard:  # Telegram's own Pay button when the bot sent none
             keyboard = [[{"text": f"Pay {STAR} {stars}", "data": None, "url": None, "pay": True}]]
     return {
         "id": message.message_id,
@@ -116,6 +121,7 @@ class ChatServer:
         # (user id, message id) -> what the page says of a service message it caused
         self._services: dict[tuple[int, int], dict[str, Any]] = {}
         self._paying: set[tuple[int, int]] = set()  # invoices whose Pay is in flight
+        self._paid: set[tuple[int, int]] = set()  # invoices paid: Telegram takes no second Pay
         for person in people:
             telegram.user(
                 person.user_id, first_name=person.first_name, language_code=person.language_code
@@ -231,7 +237,12 @@ class ChatServer:
             {
                 "seq": max([since, *(m.seq for m in changed)]),
                 "messages": [
-                    message_json(m, self._services.get((user.id, m.message_id))) for m in changed
+                    message_json(
+                        m,
+                        self._services.get((user.id, m.message_id)),
+                        paid=(user.id, m.message_id) in self._paid,
+                    )
+                    for m in changed
                 ],
             }
         )
@@ -312,8 +323,8 @@ class ChatServer:
         if message is None or not message.from_bot or message.deleted or message.invoice is None:
             raise web.HTTPBadRequest(text="no such invoice")
         key = (user.id, message_id)
-        if key in self._paying:
-            raise web.HTTPConflict(text="this invoice is being paid")
+        if key in self._paying or key in self._paid:
+            raise web.HTTPConflict(text="this invoice is paid already or being paid")
         self._paying.add(key)
         try:
             payment = await user.pay(message)
@@ -324,6 +335,7 @@ class ChatServer:
             if error == "timeout":
                 error = "The bot did not confirm the payment in time; no Stars were taken."
             return web.json_response({"paid": False, "error": error})
+        self._paid.add(key)
         # pay() added the service message last and returned without yielding to the loop:
         # the chat's newest message is it, and the page's long poll has not seen it yet
         newest = user._messages[max(user._messages)]

@@ -319,6 +319,7 @@ async def test_top_up_with_stars_in_the_browser(browser: Any, tmp_path: Path) ->
         await pay.click()
         await page.locator(".row.service", has_text="You paid ⭐ 50").wait_for()
         await page.locator(".row.in", has_text=f"50 Stars received, {quoted} ₽ added").wait_for()
+        await invoice.get_by_role("button", name="Paid ✓").wait_for()
         await shot("paid-and-credited")
         assert len(demo.telegram.payments) == 1
 

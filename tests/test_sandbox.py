@@ -195,6 +195,12 @@ async def test_chat_api_pays_an_invoice_through_the_bots_pre_checkout() -> None:
             async with http.get("/api/updates", params={"user": "bob-en", "since": "0"}) as r:
                 services = [m["service"] for m in (await r.json())["messages"] if m["service"]]
             assert services == [{"kind": "paid", "stars": 50, "title": "Wallet top-up: 50 Stars"}]
+            async with http.post("/api/pay", json=pay) as r:
+                assert r.status == 409  # paid: Telegram takes no second Pay
+            async with http.get("/api/updates", params={"user": "bob-en", "since": "0"}) as r:
+                drawn = next(m for m in (await r.json())["messages"] if m["id"] == invoice_id)
+            assert drawn["keyboard"][0][0]["pay"] is False
+            assert len(telegram.payments) == 1
             async with http.post("/api/pay", json={"user": "bob-en", "message_id": 1}) as r:
                 assert r.status == 400  # the user's own /start is no invoice
     finally:

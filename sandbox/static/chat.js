@@ -218,12 +218,16 @@ async function pay(messageId, button) {
   button.disabled = true;
   try {
     const result = await post("/api/pay", { user: identity().key, message_id: messageId });
-    if (!result.paid) showAlert(result.error || "The payment was refused.");
+    if (result.paid) {
+      button.textContent = "Paid ✓";  // as Telegram: a paid invoice takes no second Pay
+      button.classList.remove("pay");
+      return;
+    }
+    showAlert(result.error || "The payment was refused.");
   } catch (error) {
     showToast(String(error.message || error));
-  } finally {
-    button.disabled = false;
   }
+  button.disabled = false;
 }
 
 async function send(text) {
