@@ -5,6 +5,8 @@
     /api/identities        the sandbox users the page can switch between
     /api/updates           long poll: the messages of one chat changed since `since`
     /api/send, /api/click  what the person at the page types and clicks
+    /api/pay               Pay on an invoice: the fake's own payment flow (pre-checkout
+                           to the bot, then successful_payment once it said yes)
 
 The page renders a message from its plain text and Telegram's entities, building DOM nodes
 with textContent, so nothing the bot (or the provider through it) sends can become markup.
@@ -29,6 +31,9 @@ log = logging.getLogger(__name__)
 STATIC = Path(__file__).with_name("static")
 POLL_SECONDS = 25.0
 CLICK_ANSWER_SECONDS = 5.0
+STAR = "\u2b50"
+# the fake's placeholder text of a payment's service message -> what the page calls it
+SERVICE_KINDS = {"[successful_payment]": "paid", "[refunded_payment]": "refunded"}
 KEEP_CALLS = 2000  # the fake's call log is for tests; a long demo keeps only the tail
 
 
@@ -54,8 +59,38 @@ def identities(admin_id: int, user_id: int) -> list[Identity]:
     ]
 
 
-def message_json(message: FakeMessage) -> dict[str, Any]:
+def message_json(
+    message: FakeMessage, service: dict[str, Any] | None = None, *, paid: bool = False
+) -> dict[str, Any]:
+    """What the page draws. `service`: a payment's service message ("You paid ...");
+    `paid`: an invoice paid already (Telegram then shows no Pay button)."""
     rows = (message.inline_markup or {}).get("inline_keyboard", [])
+    keyboard = [
+        [
+            {
+                "text": str(button.get("text", "")),
+                "data": button.get("callback_data"),
+                "url": button.get("url"),
+                "pay": bool(button.get("pay")),
+            }
+            for button in row
+        ]
+        for row in rows
+    ]
+    if service is None and not message.from_bot and message.text in SERVICE_KINDS:
+        service = {"kind": SERVICE_KINDS[message.text]}  # e.g. a refund, or a redelivery
+    invoice = None
+    if message.invoice is not None:
+        stars = message.invoice["total_amount"]
+        invoice = {
+            "title": message.invoice["title"],
+            "description": message.invoice["description"],
+            "stars": stars,
+        }
+        if paid:
+            keyboard = [[{"text": "Paid \u2713", "data": None, "url": None, "pay": False}]]
+        elif not keyboard:  # Telegram's own Pay button when the bot sent none
+            keyboard = [[{"text": f"Pay {STAR} {stars}", "data": None, "url": None, "pay": True}]]
     return {
         "id": message.message_id,
         "seq": message.seq,
@@ -65,17 +100,9 @@ def message_json(message: FakeMessage) -> dict[str, Any]:
         "date": message.date,
         "edited": bool(message.history),
         "deleted": message.deleted,
-        "keyboard": [
-            [
-                {
-                    "text": str(button.get("text", "")),
-                    "data": button.get("callback_data"),
-                    "url": button.get("url"),
-                }
-                for button in row
-            ]
-            for row in rows
-        ],
+        "keyboard": keyboard,
+        "invoice": invoice,
+        "service": service,
     }
 
 
@@ -91,6 +118,10 @@ class ChatServer:
         self.port = port
         self._runner: web.AppRunner | None = None
         self._trimmer: asyncio.Task[None] | None = None
+        # (user id, message id) -> what the page says of a service message it caused
+        self._services: dict[tuple[int, int], dict[str, Any]] = {}
+        self._paying: set[tuple[int, int]] = set()  # invoices whose Pay is in flight
+        self._paid: set[tuple[int, int]] = set()  # invoices paid: Telegram takes no second Pay
         for person in people:
             telegram.user(
                 person.user_id, first_name=person.first_name, language_code=person.language_code
@@ -110,6 +141,7 @@ class ChatServer:
         app.router.add_get("/api/commands", self._commands)
         app.router.add_post("/api/send", self._send)
         app.router.add_post("/api/click", self._click)
+        app.router.add_post("/api/pay", self._pay)
         app.middlewares.append(_security_headers)
         return app
 
@@ -204,7 +236,14 @@ class ChatServer:
         return web.json_response(
             {
                 "seq": max([since, *(m.seq for m in changed)]),
-                "messages": [message_json(m) for m in changed],
+                "messages": [
+                    message_json(
+                        m,
+                        self._services.get((user.id, m.message_id)),
+                        paid=(user.id, m.message_id) in self._paid,
+                    )
+                    for m in changed
+                ],
             }
         )
 
@@ -270,6 +309,43 @@ class ChatServer:
                 "alert": bool(answer.get("show_alert")),
             }
         )
+
+    async def _pay(self, request: web.Request) -> web.Response:
+        """Press Pay on an invoice, as Telegram's client does: the bot gets a pre-checkout
+        query; if it says yes, the Stars are taken and the successful_payment message
+        follows (shown as "You paid ..."); if it says no, its error text comes back."""
+        body = await self._body(request)
+        user = self._user(body.get("user"))
+        message_id = body.get("message_id")
+        if not isinstance(message_id, int) or isinstance(message_id, bool):
+            raise web.HTTPBadRequest(text="message_id expected")
+        message = user._messages.get(message_id)
+        if message is None or not message.from_bot or message.deleted or message.invoice is None:
+            raise web.HTTPBadRequest(text="no such invoice")
+        key = (user.id, message_id)
+        if key in self._paying or key in self._paid:
+            raise web.HTTPConflict(text="this invoice is paid already or being paid")
+        self._paying.add(key)
+        try:
+            payment = await user.pay(message)
+        finally:
+            self._paying.discard(key)
+        if not payment.ok:
+            error = payment.error_message or ""
+            if error == "timeout":
+                error = "The bot did not confirm the payment in time; no Stars were taken."
+            return web.json_response({"paid": False, "error": error})
+        self._paid.add(key)
+        # pay() added the service message last and returned without yielding to the loop:
+        # the chat's newest message is it, and the page's long poll has not seen it yet
+        newest = user._messages[max(user._messages)]
+        if newest.text == "[successful_payment]":
+            self._services[(user.id, newest.message_id)] = {
+                "kind": "paid",
+                "stars": payment.amount,
+                "title": message.invoice["title"],
+            }
+        return web.json_response({"paid": True, "stars": payment.amount})
 
 
 @web.middleware

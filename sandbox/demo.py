@@ -124,6 +124,7 @@ class Demo:
             "ACCESS_MODE": "shop",
             "ADMIN_IDS": ",".join(str(a) for a in admins),
             "CURRENCY": s.currency,
+            "STARS_RATE": f"{s.stars_rate:f}",
             "ACTIVATION_TIMEOUT": str(s.activation_timeout),
             "SMS_POLL_INTERVAL": str(s.sms_poll_interval),
             "LOG_LEVEL": "INFO",

@@ -37,6 +37,8 @@ class SandboxSettings(BaseSettings):
     no_code_every: int = Field(default=6, ge=0)  # every Nth number never gets a code
     credit: Decimal = Field(default=Decimal(1000), gt=0, le=1_000_000)
     currency: str = "RUB"
+    # the bot's STARS_RATE, so /topup works in the demo (the fake's Stars are made up)
+    stars_rate: Decimal = Field(default=Decimal("1.35"), gt=0, le=1_000_000)
     activation_timeout: int = Field(default=1200, ge=10, le=1200)
     sms_poll_interval: float = Field(default=2, gt=0, le=60)
     admin_id: int = 1001  # Alice; her Russian account is admin_id + 1

@@ -250,6 +250,25 @@ async def test_the_page_renders_only_telegrams_formatting(browser: Any, tmp_path
                 data={"chat_id": "1001", "text": '<img src=x onerror="window.pwned=3">'},
             ) as response:
                 assert (await response.json())["ok"]
+            # an invoice's title and description are text too
+            async with http.post(
+                f"{server.url}/bot{token}/sendInvoice",
+                data={
+                    "chat_id": "1001",
+                    "title": '<img src=x onerror="pwned=4">',
+                    "description": "<b>not bold</b> <script>window.pwned=5</script>",
+                    "payload": "p",
+                    "currency": "XTR",
+                    "prices": '[{"label": "x", "amount": 7}]',
+                },
+            ) as response:
+                assert (await response.json())["ok"], await response.text()
+            # Pay only on an invoice: not on a plain message
+            plain_id = telegram.user(1001).messages[0].message_id
+            async with http.post(
+                f"{server.url}/api/pay", json={"user": "alice-en", "message_id": plain_id}
+            ) as response:
+                assert response.status == 400
         page = await browser.new_page()
         await page.goto(server.url + "/")
         await page.get_by_text("fine link").first.wait_for()
@@ -262,6 +281,67 @@ async def test_the_page_renders_only_telegrams_formatting(browser: Any, tmp_path
         assert await chat.locator("a").get_attribute("href") == "https://example.org/"
         assert await page.evaluate("window.pwned") is None
         assert await page.get_by_text('<img src=x onerror="window.pwned=3">').count() == 1
+        invoice = chat.locator(".bubble.invoice")
+        await invoice.get_by_text('<img src=x onerror="pwned=4">').wait_for()
+        assert "<b>not bold</b>" in await invoice.locator(".invoice-description").inner_text()
+        assert await chat.get_by_role("button", name="Pay ⭐ 7").count() == 1
         await page.close()
     finally:
         await server.stop()
+
+
+@pytest.mark.slow
+async def test_top_up_with_stars_in_the_browser(browser: Any, tmp_path: Path) -> None:
+    """/topup, an amount, the invoice drawn as Telegram's (title, description, price, a Pay
+    button); Pay goes through pre-checkout to the bot, the payment's service message and
+    the bot's confirmation appear, and /balance grows by the quoted credit. A refused
+    pre-checkout (the user banned meanwhile) shows the bot's own error text."""
+    settings = SandboxSettings(port=0, credit=Decimal(1000), stars_rate=Decimal("1.35"))
+    async with Demo(settings, workdir=tmp_path / "demo") as demo:
+        page = await browser.new_page(viewport={"width": 760, "height": 900})
+        page.set_default_timeout(20_000)
+        shot = Screens(page, tmp_path / "screens")
+        await page.goto(demo.url)
+        await page.select_option("#person", "bob")
+        await page.click("button[data-lang=en]")
+
+        await send(page, "/topup")
+        quoted = money(50 * settings.stars_rate)  # 50 Stars x 1.35 = 67.50
+        await press(page, f"50 ⭐ → {quoted}")
+        invoice = page.locator(".row.in:has(.bubble.invoice)").last
+        await invoice.wait_for()
+        assert await invoice.locator(".invoice-title").inner_text() == "Wallet top-up: 50 Stars"
+        assert quoted in await invoice.locator(".invoice-description").inner_text()
+        assert await invoice.locator(".invoice-price").inner_text() == "⭐ 50"
+        pay = invoice.get_by_role("button", name="Pay ⭐ 50")
+        await shot("invoice")
+
+        await pay.click()
+        await page.locator(".row.service", has_text="You paid ⭐ 50").wait_for()
+        await page.locator(".row.in", has_text=f"50 Stars received, {quoted} ₽ added").wait_for()
+        await invoice.get_by_role("button", name="Paid ✓").wait_for()
+        await shot("paid-and-credited")
+        assert len(demo.telegram.payments) == 1
+
+        await send(page, "/balance")
+        grown = money(settings.credit + 50 * settings.stars_rate)
+        await page.locator(".row.in", has_text=f"balance: {grown}").last.wait_for()
+        await shot("balance-grown")
+
+        # a second invoice, then Bob is banned: Pay is refused with the bot's text, no charge
+        await send(page, "/topup")
+        await press(page, "100 ⭐")
+        second = page.locator(".row.in:has(.bubble.invoice)", has_text="100 Stars").last
+        await second.wait_for()
+        operator = demo.telegram.user(999)
+        await operator.send(f"/ban {settings.user_id}")
+        await operator.wait_for(str(settings.user_id), new_only=True, timeout=15)
+        await second.get_by_role("button", name="Pay ⭐ 100").click()
+        await page.locator("#alert-text", has_text="suspended").wait_for()
+        await shot("pay-refused")
+        assert len(demo.telegram.payments) == 1
+        assert await page.locator(".row.service").count() == 1
+
+        assert all(p.stat().st_size > 10_000 for p in shot.taken)
+        assert demo.telegram.errors == [], f"the bot caused Telegram errors: {demo.telegram.errors}"
+        await page.close()

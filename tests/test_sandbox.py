@@ -119,7 +119,9 @@ async def test_chat_api_sends_clicks_and_refuses_forged_buttons() -> None:
             texts = [m["text"] for m in body["messages"]]
             assert texts == ["/start", "Hi"]
             assert body["messages"][1]["entities"][0]["type"] == "bold"
-            assert body["messages"][1]["keyboard"] == [[{"text": "Go", "data": "go", "url": None}]]
+            assert body["messages"][1]["keyboard"] == [
+                [{"text": "Go", "data": "go", "url": None, "pay": False}]
+            ]
             forged = {"user": "bob-en", "message_id": message_id, "data": "admin:anything"}
             async with http.post("/api/click", json=forged) as r:
                 assert r.status == 400
@@ -129,6 +131,78 @@ async def test_chat_api_sends_clicks_and_refuses_forged_buttons() -> None:
                 assert "script-src 'self'" in r.headers["Content-Security-Policy"]
             async with http.get("/static/..%2Fchat.py") as r:
                 assert r.status == 404
+    finally:
+        await server.stop()
+
+
+async def test_chat_api_pays_an_invoice_through_the_bots_pre_checkout() -> None:
+    """/api/pay is Telegram's Pay: the bot's pre-checkout answer decides; a refusal returns
+    its text and takes nothing; a yes charges once and the page gets a "paid" service
+    message naming the Stars and the invoice."""
+    telegram = FakeTelegram(TOKEN)
+    server = ChatServer(telegram, identities(1001, 2001), host="127.0.0.1", port=0)
+    await server.start()
+    answers = iter([{"ok": "false", "error_message": "Not today."}, {"ok": "true"}])
+
+    async def bot(http: aiohttp.ClientSession) -> None:
+        """Answers each pre-checkout query as the next of `answers`."""
+        seen: set[str] = set()
+        while True:
+            for update in list(telegram.pending_updates):
+                query = update.get("pre_checkout_query")
+                if query is not None and query["id"] not in seen:
+                    seen.add(query["id"])
+                    data = {"pre_checkout_query_id": query["id"], **next(answers)}
+                    async with http.post(f"/bot{TOKEN}/answerPreCheckoutQuery", data=data) as r:
+                        assert (await r.json())["ok"], await r.text()
+            await asyncio.sleep(0.02)
+
+    try:
+        async with aiohttp.ClientSession(server.url) as http:
+            async with http.post("/api/send", json={"user": "bob-en", "text": "/start"}) as r:
+                assert r.status == 200
+            invoice = {
+                "chat_id": "2001",
+                "title": "Wallet top-up: 50 Stars",
+                "description": "67.50 will be added",
+                "payload": "quote-1",
+                "currency": "XTR",
+                "prices": '[{"label": "Top-up", "amount": 50}]',
+            }
+            async with http.post(f"/bot{TOKEN}/sendInvoice", data=invoice) as r:
+                invoice_id = (await r.json())["result"]["message_id"]
+            async with http.get("/api/updates", params={"user": "bob-en", "since": "0"}) as r:
+                drawn = (await r.json())["messages"][-1]
+            assert drawn["invoice"] == {
+                "title": "Wallet top-up: 50 Stars",
+                "description": "67.50 will be added",
+                "stars": 50,
+            }
+            assert drawn["keyboard"] == [
+                [{"text": "Pay \u2b50 50", "data": None, "url": None, "pay": True}]
+            ]
+            answering = asyncio.create_task(bot(http))
+            try:
+                pay = {"user": "bob-en", "message_id": invoice_id}
+                async with http.post("/api/pay", json=pay) as r:
+                    assert await r.json() == {"paid": False, "error": "Not today."}
+                assert telegram.payments == {}
+                async with http.post("/api/pay", json=pay) as r:
+                    assert await r.json() == {"paid": True, "stars": 50}
+            finally:
+                answering.cancel()
+            assert len(telegram.payments) == 1
+            async with http.get("/api/updates", params={"user": "bob-en", "since": "0"}) as r:
+                services = [m["service"] for m in (await r.json())["messages"] if m["service"]]
+            assert services == [{"kind": "paid", "stars": 50, "title": "Wallet top-up: 50 Stars"}]
+            async with http.post("/api/pay", json=pay) as r:
+                assert r.status == 409  # paid: Telegram takes no second Pay
+            async with http.get("/api/updates", params={"user": "bob-en", "since": "0"}) as r:
+                drawn = next(m for m in (await r.json())["messages"] if m["id"] == invoice_id)
+            assert drawn["keyboard"][0][0]["pay"] is False
+            assert len(telegram.payments) == 1
+            async with http.post("/api/pay", json={"user": "bob-en", "message_id": 1}) as r:
+                assert r.status == 400  # the user's own /start is no invoice
     finally:
         await server.stop()
 
@@ -150,6 +224,7 @@ def test_the_sandboxed_bot_gets_none_of_the_shells_bot_settings(
     assert "WEBHOOK_URL" not in env and "REDIS_URL" not in env
     assert env["TELEGRAM_API_URL"] == "http://127.0.0.1:18765"
     assert env["ACCESS_MODE"] == "shop"
+    assert env["STARS_RATE"] == "1.35"  # /topup works in the demo
     assert env["DATABASE_URL"] == f"sqlite:///{tmp_path / 'bot.sqlite3'}"
     admins = env["ADMIN_IDS"].split(",")
     assert "1001" in admins and "1002" in admins and "2001" not in admins

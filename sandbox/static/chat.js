@@ -85,7 +85,6 @@ function time(date, edited) {
 }
 
 function drawMessage(message) {
-  const chat = $("chat");
   const old = state.rows.get(message.id);
   if (message.deleted) {
     if (old) old.remove();
@@ -96,15 +95,27 @@ function drawMessage(message) {
   row.className = message.from_bot ? "row in" : "row out";
   row.dataset.messageId = String(message.id);
   row.dataset.testid = "message";
+  if (message.service) {
+    placeRow(row, drawService(row, message.service), old, false);
+    state.rows.set(message.id, row);
+    return;
+  }
   const bubble = document.createElement("div");
   bubble.className = "bubble";
-  renderText(bubble, message.text, message.entities);
+  if (message.invoice) drawInvoice(bubble, message.invoice);
+  else renderText(bubble, message.text, message.entities);
   const meta = document.createElement("span");
   meta.className = "meta";
   meta.textContent = time(message.date, message.edited);
   bubble.append(meta);
   row.append(bubble);
   if (message.keyboard.length) row.append(drawKeyboard(message));
+  placeRow(row, bubble, old, message.from_bot);
+  state.rows.set(message.id, row);
+}
+
+function placeRow(row, bubble, old, fromBot) {
+  const chat = $("chat");
   if (old) {
     old.replaceWith(row);
     bubble.classList.add("fresh");
@@ -112,9 +123,36 @@ function drawMessage(message) {
     const empty = chat.querySelector(".empty");
     if (empty) empty.remove();
     chat.append(row);
-    if (message.from_bot) bubble.classList.add("fresh");
+    if (fromBot) bubble.classList.add("fresh");
   }
-  state.rows.set(message.id, row);
+}
+
+// An invoice as Telegram shows it: the title, the description and the price in Stars.
+function drawInvoice(bubble, invoice) {
+  bubble.classList.add("invoice");
+  const title = document.createElement("div");
+  title.className = "invoice-title";
+  title.textContent = invoice.title;
+  const description = document.createElement("div");
+  description.className = "invoice-description";
+  description.textContent = invoice.description;
+  const price = document.createElement("div");
+  price.className = "invoice-price";
+  price.textContent = `⭐ ${invoice.stars}`;
+  bubble.append(title, description, price);
+}
+
+// A payment's service message, centred in the chat like Telegram's.
+function drawService(row, service) {
+  row.className = "row service";
+  const pill = document.createElement("div");
+  pill.className = "service-text";
+  if (service.kind === "refunded") pill.textContent = "Your Stars payment was refunded";
+  else if (Number.isInteger(service.stars) && typeof service.title === "string") {
+    pill.textContent = `You paid ⭐ ${service.stars} for “${service.title}”`;
+  } else pill.textContent = "You paid with Telegram Stars";
+  row.append(pill);
+  return pill;
 }
 
 function drawKeyboard(message) {
@@ -128,7 +166,10 @@ function drawKeyboard(message) {
       b.type = "button";
       b.textContent = button.text;
       b.title = button.text;
-      if (button.data !== null && button.data !== undefined) {
+      if (button.pay && message.invoice) {
+        b.classList.add("pay");
+        b.addEventListener("click", () => pay(message.id, b));
+      } else if (button.data !== null && button.data !== undefined) {
         b.addEventListener("click", () => click(message.id, button.data, b));
       } else if (safeUrl(button.url)) {
         b.textContent = `${button.text} ↗`;
@@ -170,6 +211,23 @@ async function click(messageId, data, button) {
   } finally {
     button.disabled = false;
   }
+}
+
+// Pay, as Telegram's client: the bot's pre-checkout answer decides; a refusal is its text.
+async function pay(messageId, button) {
+  button.disabled = true;
+  try {
+    const result = await post("/api/pay", { user: identity().key, message_id: messageId });
+    if (result.paid) {
+      button.textContent = "Paid ✓";  // as Telegram: a paid invoice takes no second Pay
+      button.classList.remove("pay");
+      return;
+    }
+    showAlert(result.error || "The payment was refused.");
+  } catch (error) {
+    showToast(String(error.message || error));
+  }
+  button.disabled = false;
 }
 
 async function send(text) {
