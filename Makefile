@@ -57,10 +57,12 @@ lint: install
 	$(BIN)/ruff format --check .
 
 typecheck: install
-	$(BIN)/mypy bot handlers storage
+	$(BIN)/mypy bot handlers storage sandbox
 
 test: install
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy bot handlers storage sandbox
 	$(BIN)/python -m pytest -q
 
 # Each script prints its figures and exits non-zero when its aim is missed.

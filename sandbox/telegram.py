@@ -2024,8 +2024,8 @@ class FakeTelegram:
         return True
 
     def _get_star_transactions(self, p: Params, request: web.Request) -> JSONDict:
-        offset = p.get("offset") or 0
-        limit = p.get("limit") if p.get("limit") is not None else 100
+        offset = int(p.get("offset") or 0)
+        limit = 100 if p.get("limit") is None else int(p["limit"])
         if offset < 0:
             raise _bad("invalid offset specified")
         if not 1 <= limit <= 100:
