@@ -1,35 +1,34 @@
-"""Storage throughput on a temporary file database: `.venv/bin/python bench/storage.py`.
+"""Storage throughput, one run, three engines: `.venv/bin/python bench/storage.py`.
 
-Prints operations per second for: creating an order with its hold, one state transition,
-one ledger row (credit), and a few reads; sequentially (one task awaiting each call) and
-from concurrent tasks.
+Each operation runs on aiosqlite (a temporary file), on PostgreSQL (a temporary database
+on BENCH_DATABASE_URL or TEST_DATABASE_URL, skipped without either), and on the sqlite3-era
+storage of commit f5ed78b (checked out in a temporary git worktree), and the table shows
+ops/s with the ratio aiosqlite / sqlite3-era. Each engine runs in its own process (the same
+script with --worker), importing `storage` from its own tree.
+
+Aims: orders.create + hold >= 1,000/s with 16 tasks on each engine; within 2x of the
+sqlite3-era driver per operation on SQLite. Exits 1 when an aim is missed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from storage import Database
-
-N = 5000
-USERS = 500
+ROOT = Path(__file__).resolve().parent.parent
+OLD_COMMIT = "f5ed78b"
+N = int(os.environ.get("BENCH_N", "2000"))
+USERS = 200
 TASKS = 16
-
-
-async def timed(label: str, count: int, run: Callable[[], Awaitable[None]]) -> float:
-    start = time.perf_counter()
-    await run()
-    elapsed = time.perf_counter() - start
-    rate = count / elapsed
-    print(f"{label:<44} {count:>6} ops  {elapsed:7.3f} s  {rate:>9,.0f} ops/s")
-    return rate
+CREATE_CONCURRENT = "orders.create + hold (16 tasks)"
 
 
 async def concurrently(count: int, op: Callable[[int], Awaitable[object]]) -> None:
@@ -40,25 +39,29 @@ async def concurrently(count: int, op: Callable[[int], Awaitable[object]]) -> No
     await asyncio.gather(*(worker(start) for start in range(TASKS)))
 
 
-async def main() -> None:
-    with tempfile.TemporaryDirectory() as folder:
-        db = await Database.open(Path(folder) / "bench.sqlite3")
-        try:
-            await bench(db)
-        finally:
-            await db.close()
+async def sequential(count: int, op: Callable[[int], Awaitable[object]]) -> None:
+    for i in range(count):
+        await op(i)
 
 
-async def bench(db: Database) -> None:
-    print(f"SQLite {__import__('sqlite3').sqlite_version}, {N} ops per line, {TASKS} tasks\n")
+async def bench(url: str) -> dict[str, float]:
+    from storage import Database
 
-    async def credit(i: int, tag: str = "c") -> None:
-        await db.wallet.credit(i % USERS, 1_000_000, note=None, idempotency_key=f"{tag}{i}")
+    db = await Database.open(Path(url) if "://" not in url else url)
+    rates: dict[str, float] = {}
 
-    async def create(i: int, tag: str = "o") -> None:
+    async def timed(label: str, run: Callable[[], Awaitable[None]]) -> None:
+        start = time.perf_counter()
+        await run()
+        rates[label] = N / (time.perf_counter() - start)
+
+    async def credit(i: int, tag: str) -> None:
+        await db.wallet.credit(i % USERS + 1, 10**9, note=None, idempotency_key=f"{tag}{i}")
+
+    async def create(i: int, tag: str) -> None:
         await db.orders.create(
-            user_id=i % USERS,
-            chat_id=i % USERS,
+            user_id=i % USERS + 1,
+            chat_id=i % USERS + 1,
             country_id=1,
             country_title="Russia",
             service_id=2,
@@ -69,83 +72,131 @@ async def bench(db: Database) -> None:
             idempotency_key=f"{tag}{i}",
             multiple_sms=False,
             hold=True,
-            max_active=1_000_000,
+            max_active=10**9,
         )
 
-    async def sequential(op: Callable[[int], Awaitable[object]], start: int = 0) -> None:
-        for i in range(start, start + N):
-            await op(i)
+    try:
+        await timed("wallet.credit (sequential)", lambda: sequential(N, lambda i: credit(i, "c")))
+        await timed("wallet.credit (16 tasks)", lambda: concurrently(N, lambda i: credit(i, "d")))
+        await timed(
+            "orders.create + hold (sequential)", lambda: sequential(N, lambda i: create(i, "o"))
+        )
+        await timed(CREATE_CONCURRENT, lambda: concurrently(N, lambda i: create(i, "p")))
+        orders = sorted(o.id for o in await db.orders.list_open())
+        first, second = orders[:N], orders[N : 2 * N]
 
-    await timed("wallet.credit (sequential)", N, lambda: sequential(credit))
-    await timed("wallet.credit (concurrent)", N, lambda: concurrently(N, lambda i: credit(i, "cc")))
-    await timed("orders.create + hold (sequential)", N, lambda: sequential(create))
-    await timed(
-        "orders.create + hold (concurrent)",
-        N,
-        lambda: concurrently(N, lambda i: create(i, "oc")),
-    )
+        async def waiting(i: int, ids: list[int]) -> None:
+            assert await db.orders.mark_waiting(
+                ids[i], request_id=ids[i], number="+7000", expires_at=2e9, next_poll_at=0
+            )
 
-    orders = [o.id for o in await db.orders.list_open()]
-    first, second = orders[:N], orders[N : 2 * N]
-
-    async def waiting(i: int, ids: list[int]) -> None:
-        assert await db.orders.mark_waiting(
-            ids[i], request_id=ids[i], number="+70000000000", expires_at=2e9, next_poll_at=0
+        await timed(
+            "orders.mark_waiting (sequential)", lambda: sequential(N, lambda i: waiting(i, first))
+        )
+        await timed(
+            "orders.mark_waiting (16 tasks)", lambda: concurrently(N, lambda i: waiting(i, second))
         )
 
-    await timed(
-        "orders.mark_waiting (sequential)", N, lambda: sequential(lambda i: waiting(i, first))
+        async def cancel(i: int) -> None:
+            assert await db.orders.cancel(first[i])
+
+        async def code(i: int) -> None:
+            assert await db.orders.add_code(second[i], "123456") is not None
+
+        async def get(i: int) -> None:
+            assert await db.orders.get(orders[i]) is not None
+
+        async def balance(i: int) -> None:
+            await db.wallet.balance(i % USERS + 1)
+
+        await timed("orders.cancel + release (sequential)", lambda: sequential(N, cancel))
+        await timed("orders.add_code + capture (16 tasks)", lambda: concurrently(N, code))
+        await timed("orders.get (sequential)", lambda: sequential(N, get))
+        await timed("wallet.balance (16 tasks)", lambda: concurrently(N, balance))
+        assert await db.wallet.check_invariant() == []
+    finally:
+        await db.close()
+    return rates
+
+
+def run_worker(url: str, tree: Path) -> dict[str, float]:
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    done = subprocess.run(
+        [sys.executable, __file__, "--worker", url],
+        cwd=tree,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
     )
-    await timed(
-        "orders.mark_waiting (concurrent)", N, lambda: concurrently(N, lambda i: waiting(i, second))
-    )
-
-    async def due(_: int) -> None:
-        assert len(await db.orders.list_due(time.time(), 50)) == 50
-
-    await timed(
-        f"orders.list_due(limit=50) of {2 * N} waiting", 1000, lambda: sequential_n(due, 1000)
-    )
-
-    async def cancel(i: int, ids: list[int]) -> None:
-        assert await db.orders.cancel(ids[i])
-
-    await timed(
-        "orders.cancel + release (sequential)", N, lambda: sequential(lambda i: cancel(i, first))
-    )
-
-    async def code(i: int, ids: list[int]) -> None:
-        assert await db.orders.add_code(ids[i], "123456") is not None
-
-    await timed(
-        "orders.add_code + capture (concurrent)",
-        N,
-        lambda: concurrently(N, lambda i: code(i, second)),
-    )
-
-    async def get(i: int) -> None:
-        assert await db.orders.get(orders[i]) is not None
-
-    await timed("orders.get (sequential)", N, lambda: sequential(get))
-
-    async def balance(i: int) -> None:
-        await db.wallet.balance(i % USERS)
-
-    await timed("wallet.balance (concurrent)", N, lambda: concurrently(N, balance))
-
-    rows = await db.read(lambda c: c.execute("SELECT COUNT(*) FROM ledger").fetchone()[0])
-    start = time.perf_counter()
-    problems = await db.wallet.check_invariant()
-    print(
-        f"\ncheck_invariant over {len(orders)} orders, {rows} ledger rows:"
-        f" {time.perf_counter() - start:.3f} s, {len(problems)} problems"
-    )
+    if done.returncode != 0:
+        raise RuntimeError(f"bench worker for {url} failed:\n{done.stderr[-3000:]}")
+    result: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
 
 
-async def sequential_n(op: Callable[[int], Awaitable[object]], count: int) -> None:
-    for i in range(count):
-        await op(i)
+async def _pg(statement: str, base: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(base.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+def main() -> int:
+    columns: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory() as folder:
+        columns["aiosqlite"] = run_worker(f"sqlite:///{folder}/new.sqlite3", ROOT)
+        base = os.environ.get("BENCH_DATABASE_URL") or os.environ.get("TEST_DATABASE_URL")
+        if base:
+            name = f"bench_{uuid.uuid4().hex[:12]}"
+            asyncio.run(_pg(f'CREATE DATABASE "{name}"', base))
+            try:
+                columns["PostgreSQL"] = run_worker(f"{base.rsplit('/', 1)[0]}/{name}", ROOT)
+            finally:
+                asyncio.run(_pg(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', base))
+        old = Path(folder) / "old-tree"
+        subprocess.run(
+            ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(old), OLD_COMMIT],
+            check=True,
+            capture_output=True,
+        )
+        try:
+            columns[f"sqlite3 ({OLD_COMMIT})"] = run_worker(str(Path(folder) / "old.sqlite3"), old)
+        finally:
+            subprocess.run(
+                ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(old)], check=False
+            )
+    names = list(columns)
+    old_name = names[-1]
+    print(f"{N} ops per line, {TASKS} tasks where said; ops/s\n")
+    print(f"{'operation':<40}" + "".join(f"{n:>20}" for n in names) + f"{'aiosqlite/sqlite3':>20}")
+    missed = []
+    for label in columns["aiosqlite"]:
+        ratio = columns["aiosqlite"][label] / columns[old_name][label]
+        cells = "".join(f"{columns[n][label]:>20,.0f}" for n in names)
+        print(f"{label:<40}{cells}{ratio:>20.2f}")
+        if ratio < 0.5:
+            missed.append(f"{label}: aiosqlite at {ratio:.2f}x of the sqlite3-era driver")
+    for name in names[:-1]:
+        if columns[name][CREATE_CONCURRENT] < 1000:
+            missed.append(f"{CREATE_CONCURRENT} on {name}: below 1,000/s")
+    if "PostgreSQL" not in columns:
+        print("\nPostgreSQL: not run (set BENCH_DATABASE_URL or TEST_DATABASE_URL)")
+    for line in missed:
+        print(f"AIM MISSED: {line}")
+    return 1 if missed else 0
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    if sys.argv[1:2] == ["--worker"]:
+        # `storage` must be the tree's package, not this script (its folder is sys.path[0]).
+        here = Path(__file__).resolve().parent
+        sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
+        sys.path.insert(0, os.environ["PYTHONPATH"].split(os.pathsep)[0])
+        sys.modules.pop("storage", None)
+        print(json.dumps(asyncio.run(bench(sys.argv[2]))))
+    else:
+        sys.exit(main())

@@ -13,7 +13,6 @@ from aiogram.client.default import DefaultBotProperties
 from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
 from aiogram.enums import ParseMode
-from aiogram.fsm.storage.memory import MemoryStorage
 from aiogram.utils.i18n import I18n
 
 from bot.flood import RetryAfter
@@ -32,6 +31,7 @@ from bot.ui.menus import Menus
 from handlers import get_routers
 from handlers.middlewares import InFlight, setup_middlewares
 from storage.db import Database
+from storage.fsm import DatabaseFsmStorage
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ async def build_app(settings: Settings) -> App:
         # for all of them before it counts as lost.
         probe_timeout=max(PROBE_TIMEOUT, 10 * settings.smsman_timeout),
     )
-    dp = Dispatcher(storage=MemoryStorage())
+    dp = Dispatcher(storage=DatabaseFsmStorage(db))
     in_flight = InFlight()
     users = UserService(settings, db, client)
     users.on_returned = orders.user_returned

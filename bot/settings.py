@@ -9,6 +9,8 @@ from typing import Annotated, Any
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from storage.engine import normalize_url
+
 DEFAULT_POPULAR_COUNTRIES = ("RU", "UA", "KZ", "US", "GB", "ID", "PH", "IN", "BR", "VN")
 
 
@@ -93,8 +95,12 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _database(cls, value: str) -> str:
-        if not value.startswith("sqlite:///") or value == "sqlite:///":
-            raise ValueError("must look like sqlite:///path/to/file.sqlite3")
+        try:
+            normalize_url(value)
+        except ValueError:
+            raise ValueError(
+                "must look like sqlite:///path/to/file.sqlite3 or postgresql://user@host/db"
+            ) from None
         return value
 
     @property

@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from typing import TYPE_CHECKING
 
-from storage import rows
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from storage import rows, sql
 from storage.models import Code, Order
 from storage.rows import CODE_COLUMNS_C, ORDER_COLUMNS_O
 
 if TYPE_CHECKING:
     from storage.db import Database
+
+_CODE_WIDTH = len(CODE_COLUMNS_C.split(","))
+_UNDELIVERED = text(
+    f"SELECT {CODE_COLUMNS_C}, {ORDER_COLUMNS_O}"
+    " FROM codes c JOIN orders o ON o.id = c.order_id"
+    " WHERE c.delivered_at IS NULL ORDER BY c.id"
+)
+_MARK_DELIVERED = text(
+    "UPDATE codes SET delivered_at = :now, message_id = :message_id"
+    " WHERE id = :code_id AND delivered_at IS NULL"
+)
 
 
 class Codes:
@@ -21,16 +34,11 @@ class Codes:
     async def undelivered(self) -> list[tuple[Code, Order]]:
         """Codes not yet delivered, oldest first, each with its order (resend after restart)."""
 
-        def q(conn: sqlite3.Connection) -> list[tuple[Code, Order]]:
-            width = len(CODE_COLUMNS_C.split(","))
-            result = []
-            for row in conn.execute(
-                f"SELECT {CODE_COLUMNS_C}, {ORDER_COLUMNS_O}"
-                " FROM codes c INDEXED BY codes_undelivered JOIN orders o ON o.id = c.order_id"
-                " WHERE c.delivered_at IS NULL ORDER BY c.id"
-            ):
-                result.append((rows.code(row[:width]), rows.order(row[width:])))
-            return result
+        async def q(conn: AsyncConnection) -> list[tuple[Code, Order]]:
+            return [
+                (rows.code(row[:_CODE_WIDTH]), rows.order(row[_CODE_WIDTH:]))
+                for row in await sql.rows(conn, _UNDELIVERED)
+            ]
 
         return await self._db.read(q)
 
@@ -40,12 +48,10 @@ class Codes:
         """Record the message that showed the code. False if it was already delivered."""
         ts = time.time() if now is None else now
 
-        def tx(conn: sqlite3.Connection) -> bool:
-            cursor = conn.execute(
-                "UPDATE codes SET delivered_at = ?, message_id = ?"
-                " WHERE id = ? AND delivered_at IS NULL",
-                (ts, message_id, code_id),
+        async def tx(conn: AsyncConnection) -> bool:
+            count = await sql.count(
+                conn, _MARK_DELIVERED, now=ts, message_id=message_id, code_id=code_id
             )
-            return cursor.rowcount == 1
+            return count == 1
 
         return await self._db.write(tx)

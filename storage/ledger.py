@@ -1,41 +1,56 @@
-"""Money movements, as synchronous steps of a write transaction already open on `conn`.
+"""Money movements, as steps of a write transaction already open on `conn`.
 
 Every movement is guarded (a conditional UPDATE whose rowcount says whether it happened)
 and writes its ledger row with a UNIQUE idempotency key in the same transaction, so it
 happens exactly once whatever races. users.balance always equals SUM(ledger.amount).
 
 Per order: hold (-price, key hold:{id}) then either capture (0, capture:{id}) or release
-(+price, release:{id}). A cancelled/expired order revived by a late code takes the price
-again with rehold (-price, rehold:{id}) + capture.
+(+price, release:{id}).
 """
 
 from __future__ import annotations
 
-import sqlite3
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
 
+from storage import sql
 from storage.errors import InsufficientFunds
 from storage.models import LedgerKind, LedgerRow, Money
 
-_INSERT = (
+_INSERT = text(
     "INSERT INTO ledger (user_id, amount, kind, order_id, note, created_at, idempotency_key)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+    " VALUES (:user_id, :amount, :kind, :order_id, :note, :now, :key) RETURNING id"
 )
+# Creates the user if missing and, being a write, takes the row's lock on PostgreSQL until
+# COMMIT: every money transaction of one user starts here, so they queue there instead of
+# counting limits or reading keys side by side (READ COMMITTED). On SQLite BEGIN IMMEDIATE
+# serialises them already; the statement is then just the upsert.
+_LOCK_USER = text(
+    "INSERT INTO users (id, first_seen) VALUES (:user_id, :now)"
+    " ON CONFLICT (id) DO UPDATE SET banned = users.banned RETURNING banned, balance"
+)
+_AVAILABLE = text("SELECT balance FROM users WHERE id = :user_id")
+_MOVE_BALANCE = text("UPDATE users SET balance = balance + :amount WHERE id = :user_id")
+_TAKE = text(
+    "UPDATE users SET balance = balance - :amount WHERE id = :user_id AND balance >= :amount"
+)
+_SET_MONEY = text("UPDATE orders SET money = :new WHERE id = :order_id AND money = :old")
 
 
-def ensure_user(conn: sqlite3.Connection, user_id: int, now: float) -> None:
-    conn.execute(
-        "INSERT INTO users (id, first_seen) VALUES (?, ?) ON CONFLICT (id) DO NOTHING",
-        (user_id, now),
-    )
+async def lock_user(conn: AsyncConnection, user_id: int, now: float) -> tuple[bool, int]:
+    """The user (created if missing) locked for this transaction: (banned, balance)."""
+    row = await sql.first(conn, _LOCK_USER, user_id=user_id, now=now)
+    assert row is not None
+    return bool(row[0]), int(row[1])
 
 
-def available(conn: sqlite3.Connection, user_id: int) -> int:
-    row = conn.execute("SELECT balance FROM users WHERE id = ?", (user_id,)).fetchone()
-    return int(row[0]) if row else 0
+async def available(conn: AsyncConnection, user_id: int) -> int:
+    value = await sql.scalar(conn, _AVAILABLE, user_id=user_id)
+    return int(value or 0)
 
 
-def add_row(
-    conn: sqlite3.Connection,
+async def add_row(
+    conn: AsyncConnection,
     *,
     user_id: int,
     amount: int,
@@ -46,13 +61,21 @@ def add_row(
     key: str,
 ) -> LedgerRow:
     """Insert one ledger row and move users.balance by its amount. A duplicate key raises."""
-    cursor = conn.execute(_INSERT, (user_id, amount, kind.value, order_id, note, now, key))
+    row_id = await sql.scalar(
+        conn,
+        _INSERT,
+        user_id=user_id,
+        amount=amount,
+        kind=kind.value,
+        order_id=order_id,
+        note=note,
+        now=now,
+        key=key,
+    )
     if amount:
-        conn.execute("UPDATE users SET balance = balance + ? WHERE id = ?", (amount, user_id))
-    row_id = cursor.lastrowid
-    assert row_id is not None
+        await conn.execute(_MOVE_BALANCE, {"amount": amount, "user_id": user_id})
     return LedgerRow(
-        id=row_id,
+        id=int(row_id),
         user_id=user_id,
         amount=amount,
         kind=kind,
@@ -63,45 +86,60 @@ def add_row(
     )
 
 
-def take(conn: sqlite3.Connection, user_id: int, amount: int) -> None:
+async def take(conn: AsyncConnection, user_id: int, amount: int) -> None:
     """Guarded balance decrement: raises InsufficientFunds (the transaction rolls back)."""
-    cursor = conn.execute(
-        "UPDATE users SET balance = balance - ? WHERE id = ? AND balance >= ?",
-        (amount, user_id, amount),
-    )
-    if cursor.rowcount != 1:
-        raise InsufficientFunds(available(conn, user_id))
+    if await sql.count(conn, _TAKE, amount=amount, user_id=user_id) != 1:
+        raise InsufficientFunds(await available(conn, user_id))
 
 
-def hold_row(conn: sqlite3.Connection, user_id: int, order_id: int, price: int, now: float) -> None:
+async def hold_row(
+    conn: AsyncConnection, user_id: int, order_id: int, price: int, now: float
+) -> None:
     """The hold's ledger row, after `take(price)` and the order insert (money='held')."""
-    conn.execute(
-        _INSERT, (user_id, -price, LedgerKind.HOLD.value, order_id, None, now, f"hold:{order_id}")
+    await conn.execute(
+        _INSERT,
+        {
+            "user_id": user_id,
+            "amount": -price,
+            "kind": LedgerKind.HOLD.value,
+            "order_id": order_id,
+            "note": None,
+            "now": now,
+            "key": f"hold:{order_id}",
+        },
     )
 
 
-def _set_money(conn: sqlite3.Connection, order_id: int, old: Money, new: Money) -> bool:
-    cursor = conn.execute(
-        "UPDATE orders SET money = ? WHERE id = ? AND money = ?", (new.value, order_id, old.value)
-    )
-    return cursor.rowcount == 1
+async def _set_money(conn: AsyncConnection, order_id: int, old: Money, new: Money) -> bool:
+    return await sql.count(conn, _SET_MONEY, new=new.value, order_id=order_id, old=old.value) == 1
 
 
-def capture(conn: sqlite3.Connection, user_id: int, order_id: int, now: float) -> bool:
+async def capture(conn: AsyncConnection, user_id: int, order_id: int, now: float) -> bool:
     """held -> captured: the sale happened. The balance does not move (the hold took it)."""
-    if not _set_money(conn, order_id, Money.HELD, Money.CAPTURED):
+    if not await _set_money(conn, order_id, Money.HELD, Money.CAPTURED):
         return False
-    conn.execute(
-        _INSERT, (user_id, 0, LedgerKind.CAPTURE.value, order_id, None, now, f"capture:{order_id}")
+    await conn.execute(
+        _INSERT,
+        {
+            "user_id": user_id,
+            "amount": 0,
+            "kind": LedgerKind.CAPTURE.value,
+            "order_id": order_id,
+            "note": None,
+            "now": now,
+            "key": f"capture:{order_id}",
+        },
     )
     return True
 
 
-def release(conn: sqlite3.Connection, user_id: int, order_id: int, price: int, now: float) -> bool:
+async def release(
+    conn: AsyncConnection, user_id: int, order_id: int, price: int, now: float
+) -> bool:
     """held -> released: the price goes back to the available balance."""
-    if not _set_money(conn, order_id, Money.HELD, Money.RELEASED):
+    if not await _set_money(conn, order_id, Money.HELD, Money.RELEASED):
         return False
-    add_row(
+    await add_row(
         conn,
         user_id=user_id,
         amount=price,
@@ -110,30 +148,5 @@ def release(conn: sqlite3.Connection, user_id: int, order_id: int, price: int, n
         note=None,
         now=now,
         key=f"release:{order_id}",
-    )
-    return True
-
-
-def recapture(
-    conn: sqlite3.Connection, user_id: int, order_id: int, price: int, now: float
-) -> bool:
-    """released -> captured for an order revived by a late code: hold again and capture.
-
-    Not guarded on the balance: the sale really happened, so it may go negative.
-    """
-    if not _set_money(conn, order_id, Money.RELEASED, Money.CAPTURED):
-        return False
-    add_row(
-        conn,
-        user_id=user_id,
-        amount=-price,
-        kind=LedgerKind.HOLD,
-        order_id=order_id,
-        note="code after release",
-        now=now,
-        key=f"rehold:{order_id}",
-    )
-    conn.execute(
-        _INSERT, (user_id, 0, LedgerKind.CAPTURE.value, order_id, None, now, f"capture:{order_id}")
     )
     return True

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final
 
-from storage import ledger, rows
+from sqlalchemy import TextClause, text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from storage import ledger, rows, sql
 from storage.errors import (
     DuplicateOrder,
     InvalidAmount,
@@ -30,10 +32,8 @@ TRANSITIONS: Final[Mapping[OrderStatus, frozenset[OrderStatus]]] = MappingProxyT
         S.PURCHASING: frozenset({S.WAITING, S.FAILED}),
         S.WAITING: frozenset({S.RECEIVED, S.CANCELLED, S.EXPIRED}),
         S.RECEIVED: frozenset({S.FINISHED}),
-        # Only through revive_with_code: a code came after all (SMS-Man refused our
-        # cancel because of it, or it arrived as we gave up on the deadline).
-        S.CANCELLED: frozenset({S.RECEIVED}),
-        S.EXPIRED: frozenset({S.RECEIVED}),
+        S.CANCELLED: frozenset(),
+        S.EXPIRED: frozenset(),
         S.FINISHED: frozenset(),
         S.FAILED: frozenset(),
     }
@@ -44,78 +44,84 @@ def can_move(old: OrderStatus, new: OrderStatus) -> bool:
     return new in TRANSITIONS[old]
 
 
-def _move(
-    conn: sqlite3.Connection,
+_MOVES: dict[str, TextClause] = {}
+
+
+def _move_stmt(sets: str) -> TextClause:
+    stmt = _MOVES.get(sets)
+    if stmt is None:
+        stmt = _MOVES[sets] = text(
+            f"UPDATE orders SET status = :new, updated_at = :now{sets}"
+            " WHERE id = :order_id AND status = :old RETURNING user_id, price, money"
+        )
+    return stmt
+
+
+async def _move(
+    conn: AsyncConnection,
     order_id: int,
     old: OrderStatus,
     new: OrderStatus,
     now: float,
     sets: str = "",
-    params: tuple[Any, ...] = (),
+    **params: Any,
 ) -> tuple[int, int, Money] | None:
     """The guarded UPDATE of one transition. Returns (user_id, price, money) if it happened."""
     if not can_move(old, new):
         raise ValueError(f"illegal order transition {old} -> {new}")
-    returned = conn.execute(
-        f"UPDATE orders SET status = ?, updated_at = ?{sets} WHERE id = ? AND status = ?"
-        " RETURNING user_id, price, money",
-        (new.value, now, *params, order_id, old.value),
-    ).fetchall()  # fetchall: the statement is finished before anything else runs
-    if not returned:
+    row = await sql.first(
+        conn, _move_stmt(sets), new=new.value, now=now, order_id=order_id, old=old.value, **params
+    )
+    if row is None:
         return None
-    user_id, price, money = returned[0]
-    return user_id, price, Money(money)
+    return int(row[0]), int(row[1]), Money(row[2])
 
 
-def _close_releasing(
-    conn: sqlite3.Connection, order_id: int, old: OrderStatus, new: OrderStatus, now: float
+async def _close_releasing(
+    conn: AsyncConnection, order_id: int, old: OrderStatus, new: OrderStatus, now: float
 ) -> bool:
     """A transition to a final status without a code: the held price goes back."""
-    moved = _move(conn, order_id, old, new, now, ", want_more = 0")
+    moved = await _move(conn, order_id, old, new, now, ", want_more = 0")
     if moved is None:
         return False
-    user_id, price, money = moved
+    user_id, _price, money = moved
     if money is Money.HELD:
-        ledger.release(conn, user_id, order_id, price, now)
+        await ledger.release(conn, user_id, order_id, moved[1], now)
     return True
 
 
-def _add_code(
-    conn: sqlite3.Connection, order_id: int, code: str, now: float, *, revive: bool
-) -> Code | None:
-    row = conn.execute("SELECT status FROM orders WHERE id = ?", (order_id,)).fetchone()
-    if row is None:
+# A write that changes nothing but takes the order row's lock (PostgreSQL) and reads its
+# status in the same step, so the status cannot change before this transaction ends.
+_LOCK_CODE_TARGET = text(
+    "UPDATE orders SET status = status WHERE id = :order_id"
+    " AND status IN ('waiting', 'received') RETURNING status"
+)
+_INSERT_CODE = text(
+    "INSERT INTO codes (order_id, code, received_at) VALUES (:order_id, :code, :now)"
+    " ON CONFLICT (order_id, code) DO NOTHING RETURNING id"
+)
+_CLEAR_WANT_MORE = text("UPDATE orders SET want_more = 0, updated_at = :now WHERE id = :order_id")
+
+
+async def _add_code(conn: AsyncConnection, order_id: int, code: str, now: float) -> Code | None:
+    status_value = await sql.scalar(conn, _LOCK_CODE_TARGET, order_id=order_id)
+    if status_value is None:
         return None
-    status = OrderStatus(row[0])
-    accepted = (
-        (S.WAITING, S.RECEIVED, S.CANCELLED, S.EXPIRED) if revive else (S.WAITING, S.RECEIVED)
-    )
-    if status not in accepted:
-        return None
-    cursor = conn.execute(
-        "INSERT INTO codes (order_id, code, received_at) VALUES (?, ?, ?)"
-        " ON CONFLICT (order_id, code) DO NOTHING",
-        (order_id, code, now),
-    )
-    if cursor.rowcount != 1:
+    status = OrderStatus(status_value)
+    code_id = await sql.scalar(conn, _INSERT_CODE, order_id=order_id, code=code, now=now)
+    if code_id is None:
         return None  # the same code again: nothing changes
-    code_id = cursor.lastrowid
-    assert code_id is not None
     if status is S.RECEIVED:
-        conn.execute(
-            "UPDATE orders SET want_more = 0, updated_at = ? WHERE id = ?", (now, order_id)
-        )
+        await conn.execute(_CLEAR_WANT_MORE, {"now": now, "order_id": order_id})
     else:
-        moved = _move(conn, order_id, status, S.RECEIVED, now, ", want_more = 0")
-        if moved is None:  # cannot happen inside BEGIN IMMEDIATE; never store a stray code
+        moved = await _move(conn, order_id, status, S.RECEIVED, now, ", want_more = 0")
+        if moved is None:  # cannot happen: the row is locked; never store a stray code
             raise RuntimeError(f"order {order_id} changed status under a write transaction")
-        user_id, price, money = moved
+        user_id, _price, money = moved
         if money is Money.HELD:
-            ledger.capture(conn, user_id, order_id, now)
-        elif money is Money.RELEASED:
-            ledger.recapture(conn, user_id, order_id, price, now)
+            await ledger.capture(conn, user_id, order_id, now)
     return Code(
-        id=code_id,
+        id=int(code_id),
         order_id=order_id,
         code=code,
         received_at=now,
@@ -124,13 +130,54 @@ def _add_code(
     )
 
 
-_INSERT_ORDER = (
+_INSERT_ORDER = text(
     "INSERT INTO orders (user_id, chat_id, country_id, country_title, service_id,"
     " service_title, price, cost, currency, status, money, created_at, multiple_sms,"
-    " idempotency_key, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " idempotency_key, updated_at) VALUES (:user_id, :chat_id, :country_id, :country_title,"
+    " :service_id, :service_title, :price, :cost, :currency, :status, :money, :now,"
+    " :multiple_sms, :key, :now) RETURNING id"
 )
-
-_DUE_WHERE = "(status = 'waiting' OR (status = 'received' AND want_more = 1))"  # = index orders_due
+_BY_KEY = text(f"SELECT {ORDER_COLUMNS} FROM orders WHERE idempotency_key = :key")
+_LIMIT_COUNTS = text(
+    "SELECT COUNT(*) FILTER (WHERE status IN ('purchasing', 'waiting')),"
+    " COUNT(*) FILTER (WHERE created_at >= :since)"
+    " FROM orders WHERE user_id = :user_id"
+    " AND (status IN ('purchasing', 'waiting') OR created_at >= :since)"
+)
+_MARK_WAITING_SETS = (
+    ", request_id = :request_id, number = :number, expires_at = :expires_at,"
+    " next_poll_at = :next_poll_at"
+)
+_REQUEST_MORE = text(
+    "UPDATE orders SET want_more = 1, next_poll_at = COALESCE(:next_poll_at, next_poll_at),"
+    " updated_at = :now WHERE id = :order_id AND status = 'received' AND multiple_sms = 1"
+    " AND want_more = 0"
+)
+_SET_MESSAGE = text(
+    "UPDATE orders SET message_id = :message_id, card_text = :card_text WHERE id = :order_id"
+)
+_SET_CARD_TEXT = text("UPDATE orders SET card_text = :card_text WHERE id = :order_id")
+_LIST_OPEN = text(
+    f"SELECT {ORDER_COLUMNS} FROM orders"
+    " WHERE status IN ('purchasing', 'waiting', 'received') ORDER BY id"
+)
+_LIST_OPEN_FOR_USER = text(
+    f"SELECT {ORDER_COLUMNS} FROM orders WHERE user_id = :user_id"
+    " AND status IN ('purchasing', 'waiting', 'received') ORDER BY id DESC LIMIT :limit"
+)
+_LIST_FOR_USER = text(
+    f"SELECT {ORDER_COLUMNS} FROM orders WHERE user_id = :user_id"
+    " ORDER BY created_at DESC, id DESC LIMIT :limit"
+)
+_COUNT_RECENT = text(
+    "SELECT COUNT(*) FROM orders WHERE user_id = :user_id AND created_at >= :since"
+)
+_CODES_OF = text(f"SELECT {CODE_COLUMNS} FROM codes WHERE order_id = :order_id ORDER BY id")
+_GET = text(f"SELECT {ORDER_COLUMNS} FROM orders WHERE id = :order_id")
+_GET_FOR_USER = text(
+    f"SELECT {ORDER_COLUMNS} FROM orders WHERE id = :order_id AND user_id = :user_id"
+)
+_BY_REQUEST = text(f"SELECT {ORDER_COLUMNS} FROM orders WHERE request_id = :request_id")
 
 
 class Orders:
@@ -161,66 +208,51 @@ class Orders:
         Raises DuplicateOrder(existing), UserBanned, TooManyActiveOrders(max_active),
         TooManyRecentOrders(max_per_minute) or InsufficientFunds(available), in that order
         of checks; on any of them nothing changes. The limits are counted inside the
-        transaction, so concurrent purchases cannot all slip under them.
+        transaction after the user's row is locked, so concurrent purchases cannot all slip
+        under them.
         """
         if price < 0 or cost < 0:
             raise InvalidAmount(f"price and cost must be >= 0 (price={price}, cost={cost})")
         ts = time.time() if now is None else now
         money = Money.HELD if hold else Money.NONE
 
-        def tx(conn: sqlite3.Connection) -> Order:
-            existing = conn.execute(
-                f"SELECT {ORDER_COLUMNS} FROM orders WHERE idempotency_key = ?",
-                (idempotency_key,),
-            ).fetchone()
+        async def tx(conn: AsyncConnection) -> Order:
+            banned, _balance = await ledger.lock_user(conn, user_id, ts)
+            existing = await sql.first(conn, _BY_KEY, key=idempotency_key)
             if existing is not None:
                 raise DuplicateOrder(rows.order(existing))
-            user = conn.execute("SELECT banned FROM users WHERE id = ?", (user_id,)).fetchone()
-            if user is None:
-                ledger.ensure_user(conn, user_id, ts)
-            elif user[0]:
+            if banned:
                 raise UserBanned(f"user {user_id} is banned")
-            active = conn.execute(
-                "SELECT COUNT(*) FROM orders INDEXED BY orders_active"
-                " WHERE user_id = ? AND status IN ('purchasing', 'waiting')",
-                (user_id,),
-            ).fetchone()[0]
+            counts = await sql.first(conn, _LIMIT_COUNTS, user_id=user_id, since=ts - 60)
+            active, recent = (int(counts[0] or 0), int(counts[1] or 0)) if counts else (0, 0)
             if active >= max_active:
                 raise TooManyActiveOrders(max_active)
-            if max_per_minute is not None:
-                recent = conn.execute(
-                    "SELECT COUNT(*) FROM orders INDEXED BY orders_user_created"
-                    " WHERE user_id = ? AND created_at >= ?",
-                    (user_id, ts - 60),
-                ).fetchone()[0]
-                if recent >= max_per_minute:
-                    raise TooManyRecentOrders(max_per_minute)
+            if max_per_minute is not None and recent >= max_per_minute:
+                raise TooManyRecentOrders(max_per_minute)
             if hold:
-                ledger.take(conn, user_id, price)
-            cursor = conn.execute(
-                _INSERT_ORDER,
-                (
-                    user_id,
-                    chat_id,
-                    country_id,
-                    country_title,
-                    service_id,
-                    service_title,
-                    price,
-                    cost,
-                    currency,
-                    S.PURCHASING.value,
-                    money.value,
-                    ts,
-                    int(multiple_sms),
-                    idempotency_key,
-                    ts,
-                ),
+                await ledger.take(conn, user_id, price)
+            order_id = int(
+                await sql.scalar(
+                    conn,
+                    _INSERT_ORDER,
+                    user_id=user_id,
+                    chat_id=chat_id,
+                    country_id=country_id,
+                    country_title=country_title,
+                    service_id=service_id,
+                    service_title=service_title,
+                    price=price,
+                    cost=cost,
+                    currency=currency,
+                    status=S.PURCHASING.value,
+                    money=money.value,
+                    now=ts,
+                    multiple_sms=int(multiple_sms),
+                    key=idempotency_key,
+                )
             )
-            order_id = cursor.lastrowid
-            assert order_id is not None
             if hold:
-                ledger.hold_row(conn, user_id, order_id, price, ts)
+                await ledger.hold_row(conn, user_id, order_id, price, ts)
             return Order(
                 id=order_id,
                 user_id=user_id,
@@ -262,23 +294,23 @@ class Orders:
         now: float | None = None,
     ) -> bool:
         """purchasing -> waiting, with the bought number. A request_id already used by
-        another order raises sqlite3.IntegrityError (and changes nothing)."""
+        another order raises sqlalchemy.exc.IntegrityError (and changes nothing)."""
         ts = time.time() if now is None else now
 
-        def tx(conn: sqlite3.Connection) -> bool:
-            return (
-                _move(
-                    conn,
-                    order_id,
-                    S.PURCHASING,
-                    S.WAITING,
-                    ts,
-                    ", request_id = ?, number = ?, expires_at = ?, next_poll_at = ?,"
-                    " poll_failures = 0",
-                    (request_id, number, expires_at, next_poll_at),
-                )
-                is not None
+        async def tx(conn: AsyncConnection) -> bool:
+            moved = await _move(
+                conn,
+                order_id,
+                S.PURCHASING,
+                S.WAITING,
+                ts,
+                _MARK_WAITING_SETS,
+                request_id=request_id,
+                number=number,
+                expires_at=expires_at,
+                next_poll_at=next_poll_at,
             )
+            return moved is not None
 
         return await self._db.write(tx)
 
@@ -298,32 +330,31 @@ class Orders:
         self, order_id: int, old: OrderStatus, new: OrderStatus, now: float | None
     ) -> bool:
         ts = time.time() if now is None else now
-        return await self._db.write(lambda conn: _close_releasing(conn, order_id, old, new, ts))
+
+        async def tx(conn: AsyncConnection) -> bool:
+            return await _close_releasing(conn, order_id, old, new, ts)
+
+        return await self._db.write(tx)
 
     async def add_code(self, order_id: int, code: str, *, now: float | None = None) -> Code | None:
         """Store a code for a waiting/received order: waiting -> received (+capture if held),
         want_more cleared. None (and nothing changed) for a duplicate code or another status."""
         ts = time.time() if now is None else now
-        return await self._db.write(lambda conn: _add_code(conn, order_id, code, ts, revive=False))
 
-    async def revive_with_code(
-        self, order_id: int, code: str, *, now: float | None = None
-    ) -> Code | None:
-        """A code for a cancelled/expired order (SMS-Man refused the cancel because of it):
-        -> received, and a released price is taken again (rehold + capture; the balance may
-        go negative: the sale happened). For waiting/received orders it is add_code.
-        None (nothing changed) for a duplicate code or a purchasing/finished/failed order."""
-        ts = time.time() if now is None else now
-        return await self._db.write(lambda conn: _add_code(conn, order_id, code, ts, revive=True))
+        async def tx(conn: AsyncConnection) -> Code | None:
+            return await _add_code(conn, order_id, code, ts)
+
+        return await self._db.write(tx)
 
     async def finish(self, order_id: int, *, now: float | None = None) -> bool:
         """received -> finished."""
         ts = time.time() if now is None else now
-        return await self._db.write(
-            lambda conn: (
-                _move(conn, order_id, S.RECEIVED, S.FINISHED, ts, ", want_more = 0") is not None
-            )
-        )
+
+        async def tx(conn: AsyncConnection) -> bool:
+            moved = await _move(conn, order_id, S.RECEIVED, S.FINISHED, ts, ", want_more = 0")
+            return moved is not None
+
+        return await self._db.write(tx)
 
     async def request_more(
         self, order_id: int, *, next_poll_at: float | None = None, now: float | None = None
@@ -331,136 +362,81 @@ class Orders:
         """Ask for another code: a received multiple-SMS order with no request pending gets
         want_more=1 (the poller picks it up again). False if not allowed or already asked."""
         ts = time.time() if now is None else now
-
-        def tx(conn: sqlite3.Connection) -> bool:
-            cursor = conn.execute(
-                "UPDATE orders SET want_more = 1, next_poll_at = COALESCE(?, next_poll_at),"
-                " updated_at = ? WHERE id = ? AND status = 'received' AND multiple_sms = 1"
-                " AND want_more = 0",
-                (next_poll_at, ts, order_id),
-            )
-            return cursor.rowcount == 1
-
-        return await self._db.write(tx)
+        return await self._write_count(
+            _REQUEST_MORE, next_poll_at=next_poll_at, now=ts, order_id=order_id
+        )
 
     # -- bookkeeping -------------------------------------------------------------------
-
-    async def set_next_poll(
-        self, order_id: int, next_poll_at: float, *, failures: int | None = None
-    ) -> bool:
-        def tx(conn: sqlite3.Connection) -> bool:
-            cursor = conn.execute(
-                "UPDATE orders SET next_poll_at = ?, poll_failures = COALESCE(?, poll_failures)"
-                " WHERE id = ?",
-                (next_poll_at, failures, order_id),
-            )
-            return cursor.rowcount == 1
-
-        return await self._db.write(tx)
 
     async def set_message(
         self, order_id: int, message_id: int | None, card_text: str | None
     ) -> bool:
-        def tx(conn: sqlite3.Connection) -> bool:
-            cursor = conn.execute(
-                "UPDATE orders SET message_id = ?, card_text = ? WHERE id = ?",
-                (message_id, card_text, order_id),
-            )
-            return cursor.rowcount == 1
-
-        return await self._db.write(tx)
+        return await self._write_count(
+            _SET_MESSAGE,
+            message_id=message_id,
+            card_text=rows.encode_card_text(card_text),
+            order_id=order_id,
+        )
 
     async def set_card_text(self, order_id: int, card_text: str | None) -> bool:
-        def tx(conn: sqlite3.Connection) -> bool:
-            cursor = conn.execute(
-                "UPDATE orders SET card_text = ? WHERE id = ?", (card_text, order_id)
-            )
-            return cursor.rowcount == 1
+        return await self._write_count(
+            _SET_CARD_TEXT, card_text=rows.encode_card_text(card_text), order_id=order_id
+        )
+
+    async def _write_count(self, stmt: TextClause, **params: Any) -> bool:
+        async def tx(conn: AsyncConnection) -> bool:
+            return await sql.count(conn, stmt, **params) == 1
 
         return await self._db.write(tx)
 
     # -- reads -------------------------------------------------------------------------
 
-    async def _one(self, where: str, params: tuple[Any, ...]) -> Order | None:
-        def q(conn: sqlite3.Connection) -> Order | None:
-            row = conn.execute(f"SELECT {ORDER_COLUMNS} FROM orders WHERE {where}", params)
-            found = row.fetchone()
+    async def _one(self, stmt: TextClause, **params: Any) -> Order | None:
+        async def q(conn: AsyncConnection) -> Order | None:
+            found = await sql.first(conn, stmt, **params)
             return rows.order(found) if found else None
 
         return await self._db.read(q)
 
-    async def _many(self, sql: str, params: tuple[Any, ...]) -> list[Order]:
-        def q(conn: sqlite3.Connection) -> list[Order]:
-            return [rows.order(row) for row in conn.execute(sql, params)]
+    async def _many(self, stmt: TextClause, **params: Any) -> list[Order]:
+        async def q(conn: AsyncConnection) -> list[Order]:
+            return [rows.order(row) for row in await sql.rows(conn, stmt, **params)]
 
         return await self._db.read(q)
 
     async def get(self, order_id: int) -> Order | None:
-        return await self._one("id = ?", (order_id,))
+        return await self._one(_GET, order_id=order_id)
 
     async def get_for_user(self, order_id: int, user_id: int) -> Order | None:
-        return await self._one("id = ? AND user_id = ?", (order_id, user_id))
+        return await self._one(_GET_FOR_USER, order_id=order_id, user_id=user_id)
 
     async def by_request_id(self, request_id: int) -> Order | None:
-        return await self._one("request_id = ?", (request_id,))
+        return await self._one(_BY_REQUEST, request_id=request_id)
 
     async def by_idempotency_key(self, key: str) -> Order | None:
-        return await self._one("idempotency_key = ?", (key,))
+        return await self._one(_BY_KEY, key=key)
 
     async def list_open(self) -> list[Order]:
         """purchasing, waiting and received orders, oldest first (restart recovery)."""
-        return await self._many(
-            f"SELECT {ORDER_COLUMNS} FROM orders INDEXED BY orders_open"
-            " WHERE status IN ('purchasing', 'waiting', 'received') ORDER BY id",
-            (),
-        )
-
-    async def list_due(self, now: float, limit: int) -> list[Order]:
-        """Waiting orders, and received ones with want_more, whose next_poll_at <= now."""
-        return await self._many(
-            f"SELECT {ORDER_COLUMNS} FROM orders INDEXED BY orders_due"
-            f" WHERE {_DUE_WHERE} AND next_poll_at <= ?"
-            " ORDER BY next_poll_at LIMIT ?",
-            (now, limit),
-        )
+        return await self._many(_LIST_OPEN)
 
     async def list_for_user(
         self, user_id: int, *, open_only: bool = False, limit: int = 10
     ) -> list[Order]:
         """The user's orders, newest first."""
-        if open_only:
-            sql = (
-                f"SELECT {ORDER_COLUMNS} FROM orders INDEXED BY orders_open WHERE user_id = ?"
-                " AND status IN ('purchasing', 'waiting', 'received') ORDER BY id DESC LIMIT ?"
-            )
-        else:  # the index (user_id, created_at) ends with the rowid: no sort needed
-            sql = (
-                f"SELECT {ORDER_COLUMNS} FROM orders INDEXED BY orders_user_created"
-                " WHERE user_id = ? ORDER BY created_at DESC, id DESC LIMIT ?"
-            )
-        return await self._many(sql, (user_id, limit))
+        stmt = _LIST_OPEN_FOR_USER if open_only else _LIST_FOR_USER
+        return await self._many(stmt, user_id=user_id, limit=limit)
 
     async def count_recent(self, user_id: int, since: float) -> int:
         """Orders the user created at or after `since` (per-minute purchase limit)."""
 
-        def q(conn: sqlite3.Connection) -> int:
-            row = conn.execute(
-                "SELECT COUNT(*) FROM orders INDEXED BY orders_user_created"
-                " WHERE user_id = ? AND created_at >= ?",
-                (user_id, since),
-            ).fetchone()
-            return int(row[0])
+        async def q(conn: AsyncConnection) -> int:
+            return int(await sql.scalar(conn, _COUNT_RECENT, user_id=user_id, since=since))
 
         return await self._db.read(q)
 
     async def codes_of(self, order_id: int) -> list[Code]:
-        def q(conn: sqlite3.Connection) -> list[Code]:
-            return [
-                rows.code(row)
-                for row in conn.execute(
-                    f"SELECT {CODE_COLUMNS} FROM codes WHERE order_id = ? ORDER BY id",
-                    (order_id,),
-                )
-            ]
+        async def q(conn: AsyncConnection) -> list[Code]:
+            return [rows.code(row) for row in await sql.rows(conn, _CODES_OF, order_id=order_id)]
 
         return await self._db.read(q)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from storage.models import Code, LedgerKind, LedgerRow, Money, Order, OrderStatus, User
 
-Row = tuple[Any, ...]
+Row = Sequence[Any]
 
 USER_COLUMNS = "id, language, first_seen, blocked, banned, balance"
 
@@ -44,6 +45,28 @@ CODE_COLUMNS_C = ", ".join(f"c.{name.strip()}" for name in CODE_COLUMNS.split(",
 LEDGER_COLUMNS = "id, user_id, amount, kind, order_id, note, created_at, idempotency_key"
 
 
+def encode_card_text(value: str | None) -> str | None:
+    """PostgreSQL's TEXT cannot hold NUL, which the card text may carry: escape it (and the
+    escape character), the same way on both engines."""
+    if value is None:
+        return None
+    return value.replace("\\", "\\\\").replace("\x00", "\\0")
+
+
+def decode_card_text(value: str | None) -> str | None:
+    if value is None or "\\" not in value:
+        return value
+    out: list[str] = []
+    chars = iter(value)
+    for char in chars:
+        if char == "\\":
+            following = next(chars, "")
+            out.append("\x00" if following == "0" else following)
+        else:
+            out.append(char)
+    return "".join(out)
+
+
 def user(row: Row) -> User:
     return User(
         id=row[0],
@@ -75,7 +98,7 @@ def order(row: Row) -> Order:
         expires_at=row[15],
         next_poll_at=row[16],
         message_id=row[17],
-        card_text=row[18],
+        card_text=decode_card_text(row[18]),
         multiple_sms=bool(row[19]),
         want_more=bool(row[20]),
         poll_failures=row[21],

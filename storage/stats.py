@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
+
+from sqlalchemy import TextClause, text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from storage import sql
 
 if TYPE_CHECKING:
     from storage.db import Database
@@ -35,33 +39,37 @@ class Summary:
         return asdict(self)
 
 
+_ORDERS = text(
+    "SELECT COUNT(*),"
+    " COUNT(*) FILTER (WHERE status IN ('received', 'finished')),"
+    " COUNT(*) FILTER (WHERE status IN ('purchasing', 'waiting', 'received')),"
+    " COUNT(*) FILTER (WHERE status = 'cancelled'),"
+    " COUNT(*) FILTER (WHERE status = 'expired'),"
+    " COUNT(*) FILTER (WHERE status = 'failed')"
+    " FROM orders WHERE created_at >= :since"
+)
+_REFUNDS = text(
+    "SELECT COUNT(*), COALESCE(SUM(amount), 0) FROM ledger"
+    " WHERE kind = 'release' AND created_at >= :since"
+)
+_SALES = text(
+    "SELECT COUNT(*), COALESCE(SUM(o.price), 0), COALESCE(SUM(o.cost), 0)"
+    " FROM ledger l JOIN orders o ON o.id = l.order_id"
+    " WHERE l.kind = 'capture' AND l.created_at >= :since"
+)
+
+
 class Stats:
     def __init__(self, db: Database) -> None:
         self._db = db
 
     async def summary(self, since: float) -> Summary:
-        def q(conn: sqlite3.Connection) -> Summary:
-            created, with_code, open_, cancelled, expired, failed = conn.execute(
-                "SELECT COUNT(*),"
-                " COUNT(*) FILTER (WHERE status IN ('received', 'finished')),"
-                " COUNT(*) FILTER (WHERE status IN ('purchasing', 'waiting', 'received')),"
-                " COUNT(*) FILTER (WHERE status = 'cancelled'),"
-                " COUNT(*) FILTER (WHERE status = 'expired'),"
-                " COUNT(*) FILTER (WHERE status = 'failed')"
-                " FROM orders WHERE created_at >= ?",
-                (since,),
-            ).fetchone()
-            refunds, refunded = conn.execute(
-                "SELECT COUNT(*), COALESCE(SUM(amount), 0) FROM ledger"
-                " WHERE kind = 'release' AND created_at >= ?",
-                (since,),
-            ).fetchone()
-            sales, revenue, cost = conn.execute(
-                "SELECT COUNT(*), COALESCE(SUM(o.price), 0), COALESCE(SUM(o.cost), 0)"
-                " FROM ledger l JOIN orders o ON o.id = l.order_id"
-                " WHERE l.kind = 'capture' AND l.created_at >= ?",
-                (since,),
-            ).fetchone()
+        async def q(conn: AsyncConnection) -> Summary:
+            # int(): PostgreSQL sums BIGINT as NUMERIC (a Decimal here).
+            orders = await _one_row(conn, _ORDERS, since)
+            refunds, refunded = await _one_row(conn, _REFUNDS, since)
+            sales, revenue, cost = await _one_row(conn, _SALES, since)
+            created, with_code, open_, cancelled, expired, failed = orders
             return Summary(
                 since=since,
                 created=created,
@@ -79,3 +87,9 @@ class Stats:
             )
 
         return await self._db.read_snapshot(q)
+
+
+async def _one_row(conn: AsyncConnection, stmt: TextClause, since: float) -> list[int]:
+    row = await sql.first(conn, stmt, since=since)
+    assert row is not None
+    return [int(value or 0) for value in row]

@@ -2,16 +2,36 @@
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from typing import TYPE_CHECKING
 
-from storage import rows
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from storage import rows, sql
 from storage.models import User
 from storage.rows import USER_COLUMNS
 
 if TYPE_CHECKING:
     from storage.db import Database
+
+_UPSERT = text(
+    "INSERT INTO users (id, language, first_seen) VALUES (:user_id, :language, :now)"
+    " ON CONFLICT (id) DO UPDATE SET language = COALESCE(users.language, excluded.language)"
+    f" RETURNING {USER_COLUMNS}"
+)
+_GET = text(f"SELECT {USER_COLUMNS} FROM users WHERE id = :user_id")
+_SET_LANGUAGE = text(
+    "INSERT INTO users (id, language, first_seen) VALUES (:user_id, :language, :now)"
+    " ON CONFLICT (id) DO UPDATE SET language = excluded.language"
+)
+_CREATE = text(
+    "INSERT INTO users (id, first_seen) VALUES (:user_id, :now) ON CONFLICT (id) DO NOTHING"
+)
+_SET_FLAG = {
+    column: text(f"UPDATE users SET {column} = :value WHERE id = :user_id AND {column} != :value")
+    for column in ("blocked", "banned")
+}
 
 
 class Users:
@@ -26,22 +46,16 @@ class Users:
             return found  # the common case: no write at all
         ts = time.time() if now is None else now
 
-        def tx(conn: sqlite3.Connection) -> User:
-            row = conn.execute(
-                "INSERT INTO users (id, language, first_seen) VALUES (?, ?, ?)"
-                " ON CONFLICT (id) DO UPDATE SET language = COALESCE(language, excluded.language)"
-                f" RETURNING {USER_COLUMNS}",
-                (user_id, language, ts),
-            ).fetchall()[0]
+        async def tx(conn: AsyncConnection) -> User:
+            row = await sql.first(conn, _UPSERT, user_id=user_id, language=language, now=ts)
+            assert row is not None
             return rows.user(row)
 
         return await self._db.write(tx)
 
     async def get(self, user_id: int) -> User | None:
-        def q(conn: sqlite3.Connection) -> User | None:
-            row = conn.execute(
-                f"SELECT {USER_COLUMNS} FROM users WHERE id = ?", (user_id,)
-            ).fetchone()
+        async def q(conn: AsyncConnection) -> User | None:
+            row = await sql.first(conn, _GET, user_id=user_id)
             return rows.user(row) if row else None
 
         return await self._db.read(q)
@@ -50,12 +64,8 @@ class Users:
         """The user's explicit choice (creates the user if needed)."""
         ts = time.time() if now is None else now
 
-        def tx(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT INTO users (id, language, first_seen) VALUES (?, ?, ?)"
-                " ON CONFLICT (id) DO UPDATE SET language = excluded.language",
-                (user_id, language, ts),
-            )
+        async def tx(conn: AsyncConnection) -> None:
+            await conn.execute(_SET_LANGUAGE, {"user_id": user_id, "language": language, "now": ts})
 
         await self._db.write(tx)
 
@@ -71,19 +81,12 @@ class Users:
     async def _set_flag(
         self, column: str, user_id: int, value: bool, *, create: bool, now: float | None = None
     ) -> bool:
-        assert column in ("blocked", "banned")
+        stmt = _SET_FLAG[column]
         ts = time.time() if now is None else now
 
-        def tx(conn: sqlite3.Connection) -> bool:
+        async def tx(conn: AsyncConnection) -> bool:
             if create:
-                conn.execute(
-                    "INSERT INTO users (id, first_seen) VALUES (?, ?) ON CONFLICT (id) DO NOTHING",
-                    (user_id, ts),
-                )
-            cursor = conn.execute(
-                f"UPDATE users SET {column} = ? WHERE id = ? AND {column} != ?",
-                (int(value), user_id, int(value)),
-            )
-            return cursor.rowcount == 1
+                await conn.execute(_CREATE, {"user_id": user_id, "now": ts})
+            return await sql.count(conn, stmt, value=int(value), user_id=user_id) == 1
 
         return await self._db.write(tx)

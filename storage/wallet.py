@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from typing import TYPE_CHECKING
 
-from storage import ledger, rows
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from storage import ledger, rows, sql
 from storage.errors import InsufficientFunds, InvalidAmount
 from storage.models import LedgerKind, LedgerRow, Money, OrderStatus
 from storage.rows import LEDGER_COLUMNS
@@ -19,6 +21,54 @@ _MONEY_STATUSES: dict[Money, tuple[OrderStatus, ...]] = {
     Money.HELD: (OrderStatus.PURCHASING, OrderStatus.WAITING),
     Money.CAPTURED: (OrderStatus.RECEIVED, OrderStatus.FINISHED),
     Money.RELEASED: (OrderStatus.FAILED, OrderStatus.CANCELLED, OrderStatus.EXPIRED),
+}
+
+_KEY_USED = text("SELECT 1 FROM ledger WHERE idempotency_key = :key")
+_BALANCE = text(
+    "SELECT (SELECT balance FROM users WHERE id = :user_id),"
+    " (SELECT COALESCE(SUM(price), 0) FROM orders"
+    "  WHERE user_id = :user_id AND status IN ('purchasing', 'waiting') AND money = 'held')"
+)
+_HISTORY = text(
+    f"SELECT {LEDGER_COLUMNS} FROM ledger WHERE user_id = :user_id ORDER BY id DESC LIMIT :limit"
+)
+_BALANCE_MISMATCH = text(
+    "SELECT u.id, u.balance, COALESCE(SUM(l.amount), 0) FROM users u"
+    " LEFT JOIN ledger l ON l.user_id = u.id GROUP BY u.id, u.balance"
+    " HAVING u.balance != COALESCE(SUM(l.amount), 0) ORDER BY u.id"
+)
+_ORPHAN_LEDGER = text(
+    "SELECT DISTINCT l.user_id FROM ledger l LEFT JOIN users u ON u.id = l.user_id"
+    " WHERE u.id IS NULL"
+)
+_BAD_LEDGER_ROWS = text(
+    "SELECT id, kind, amount, order_id, idempotency_key FROM ledger WHERE"
+    " (kind = 'credit' AND (amount <= 0 OR order_id IS NOT NULL))"
+    " OR (kind = 'debit' AND (amount >= 0 OR order_id IS NOT NULL))"
+    " OR (kind IN ('hold', 'capture', 'release') AND order_id IS NULL)"
+    " OR (kind = 'hold' AND idempotency_key != 'hold:' || order_id)"
+    " OR (kind = 'capture' AND idempotency_key != 'capture:' || order_id)"
+    " OR (kind = 'release' AND idempotency_key != 'release:' || order_id)"
+    " ORDER BY id"
+)
+_ORDER_BOOKS = text(
+    "SELECT o.id, o.status, o.money, o.price,"
+    " COUNT(l.id) FILTER (WHERE l.kind = 'hold'),"
+    " COUNT(l.id) FILTER (WHERE l.kind = 'capture'),"
+    " COUNT(l.id) FILTER (WHERE l.kind = 'release'),"
+    " COUNT(l.id) FILTER (WHERE (l.kind = 'hold' AND l.amount != -o.price)"
+    "   OR (l.kind = 'capture' AND l.amount != 0)"
+    "   OR (l.kind = 'release' AND l.amount != o.price)),"
+    " COUNT(l.id) FILTER (WHERE l.user_id != o.user_id)"
+    " FROM orders o LEFT JOIN ledger l ON l.order_id = o.id"
+    " GROUP BY o.id, o.status, o.money, o.price ORDER BY o.id"
+)
+# The ledger rows each money state needs: (holds, captures, releases).
+_EXPECTED_ROWS: dict[Money, tuple[int, int, int]] = {
+    Money.NONE: (0, 0, 0),
+    Money.HELD: (1, 0, 0),
+    Money.RELEASED: (1, 0, 1),
+    Money.CAPTURED: (1, 1, 0),
 }
 
 
@@ -41,11 +91,11 @@ class Wallet:
             raise InvalidAmount(f"a credit must be positive, got {amount}")
         ts = time.time() if now is None else now
 
-        def tx(conn: sqlite3.Connection) -> LedgerRow | None:
-            if _key_used(conn, idempotency_key):
+        async def tx(conn: AsyncConnection) -> LedgerRow | None:
+            await ledger.lock_user(conn, user_id, ts)
+            if await _key_used(conn, idempotency_key):
                 return None
-            ledger.ensure_user(conn, user_id, ts)
-            return ledger.add_row(
+            return await ledger.add_row(
                 conn,
                 user_id=user_id,
                 amount=amount,
@@ -65,23 +115,21 @@ class Wallet:
         *,
         note: str | None,
         idempotency_key: str,
-        allow_negative: bool = False,
         now: float | None = None,
     ) -> LedgerRow | None:
-        """Take `amount` (> 0) off the available balance. InsufficientFunds(available) if short
-        (unless allow_negative); None if the idempotency key was used already."""
+        """Take `amount` (> 0) off the available balance. InsufficientFunds(available) if
+        short; None if the idempotency key was used already."""
         if amount <= 0:
             raise InvalidAmount(f"a debit must be positive, got {amount}")
         ts = time.time() if now is None else now
 
-        def tx(conn: sqlite3.Connection) -> LedgerRow | None:
-            if _key_used(conn, idempotency_key):
+        async def tx(conn: AsyncConnection) -> LedgerRow | None:
+            _banned, balance = await ledger.lock_user(conn, user_id, ts)
+            if await _key_used(conn, idempotency_key):
                 return None
-            if allow_negative:
-                ledger.ensure_user(conn, user_id, ts)
-            elif ledger.available(conn, user_id) < amount:
-                raise InsufficientFunds(ledger.available(conn, user_id))
-            return ledger.add_row(
+            if balance < amount:
+                raise InsufficientFunds(balance)
+            return await ledger.add_row(
                 conn,
                 user_id=user_id,
                 amount=-amount,
@@ -97,29 +145,19 @@ class Wallet:
     async def balance(self, user_id: int) -> tuple[int, int]:
         """(available, held): held is the total price of the user's orders with money held."""
 
-        def q(conn: sqlite3.Connection) -> tuple[int, int]:
-            row = conn.execute(
-                "SELECT (SELECT balance FROM users WHERE id = ?),"
-                " (SELECT COALESCE(SUM(price), 0) FROM orders INDEXED BY orders_active"
-                "  WHERE user_id = ? AND status IN ('purchasing', 'waiting') AND money = 'held')",
-                (user_id, user_id),
-            ).fetchone()
-            return int(row[0] or 0), int(row[1])
+        async def q(conn: AsyncConnection) -> tuple[int, int]:
+            row = await sql.first(conn, _BALANCE, user_id=user_id)
+            assert row is not None
+            return int(row[0] or 0), int(row[1] or 0)
 
-        return await self._db.read(q)
+        return await self._db.read_snapshot(q)
 
     async def history(self, user_id: int, limit: int = 10) -> list[LedgerRow]:
         """The user's ledger rows, newest first."""
 
-        def q(conn: sqlite3.Connection) -> list[LedgerRow]:
-            return [
-                rows.ledger(row)
-                for row in conn.execute(
-                    f"SELECT {LEDGER_COLUMNS} FROM ledger WHERE user_id = ?"
-                    " ORDER BY id DESC LIMIT ?",
-                    (user_id, limit),
-                )
-            ]
+        async def q(conn: AsyncConnection) -> list[LedgerRow]:
+            found = await sql.rows(conn, _HISTORY, user_id=user_id, limit=limit)
+            return [rows.ledger(row) for row in found]
 
         return await self._db.read(q)
 
@@ -128,41 +166,21 @@ class Wallet:
         return await self._db.read_snapshot(invariant_violations)
 
 
-def _key_used(conn: sqlite3.Connection, key: str) -> bool:
-    return (
-        conn.execute("SELECT 1 FROM ledger WHERE idempotency_key = ?", (key,)).fetchone()
-        is not None
-    )
+async def _key_used(conn: AsyncConnection, key: str) -> bool:
+    return await sql.scalar(conn, _KEY_USED, key=key) is not None
 
 
-def invariant_violations(conn: sqlite3.Connection) -> list[str]:
+async def invariant_violations(conn: AsyncConnection) -> list[str]:
     problems: list[str] = []
 
     # 1. users.balance == SUM(ledger.amount), for every user (and no ledger row without one).
-    for user_id, balance, total in conn.execute(
-        "SELECT u.id, u.balance, COALESCE(SUM(l.amount), 0) FROM users u"
-        " LEFT JOIN ledger l ON l.user_id = u.id GROUP BY u.id"
-        " HAVING u.balance != COALESCE(SUM(l.amount), 0) ORDER BY u.id"
-    ):
-        problems.append(f"user {user_id}: balance {balance} != ledger sum {total}")
-    for (user_id,) in conn.execute(
-        "SELECT DISTINCT l.user_id FROM ledger l LEFT JOIN users u ON u.id = l.user_id"
-        " WHERE u.id IS NULL"
-    ):
+    for user_id, balance, total in await sql.rows(conn, _BALANCE_MISMATCH):
+        problems.append(f"user {user_id}: balance {balance} != ledger sum {int(total)}")
+    for (user_id,) in await sql.rows(conn, _ORPHAN_LEDGER):
         problems.append(f"ledger rows for unknown user {user_id}")
 
     # 2. Each ledger row's kind, sign, order and key agree.
-    for row_id, kind, amount, order_id, key in conn.execute(
-        "SELECT id, kind, amount, order_id, idempotency_key FROM ledger WHERE"
-        " (kind = 'credit' AND (amount <= 0 OR order_id IS NOT NULL))"
-        " OR (kind = 'debit' AND (amount >= 0 OR order_id IS NOT NULL))"
-        " OR (kind IN ('hold', 'capture', 'release') AND order_id IS NULL)"
-        " OR (kind = 'hold' AND idempotency_key NOT IN"
-        "     ('hold:' || order_id, 'rehold:' || order_id))"
-        " OR (kind = 'capture' AND idempotency_key != 'capture:' || order_id)"
-        " OR (kind = 'release' AND idempotency_key != 'release:' || order_id)"
-        " ORDER BY id"
-    ):
+    for row_id, kind, amount, order_id, key in await sql.rows(conn, _BAD_LEDGER_ROWS):
         problems.append(
             f"ledger row {row_id}: {kind} of {amount} for order {order_id} with key {key!r}"
         )
@@ -178,29 +196,9 @@ def invariant_violations(conn: sqlite3.Connection) -> list[str]:
         releases,
         bad_amounts,
         other_user,
-    ) in conn.execute(
-        "SELECT o.id, o.status, o.money, o.price,"
-        " COUNT(l.id) FILTER (WHERE l.kind = 'hold'),"
-        " COUNT(l.id) FILTER (WHERE l.kind = 'capture'),"
-        " COUNT(l.id) FILTER (WHERE l.kind = 'release'),"
-        " COUNT(l.id) FILTER (WHERE (l.kind = 'hold' AND l.amount != -o.price)"
-        "   OR (l.kind = 'capture' AND l.amount != 0)"
-        "   OR (l.kind = 'release' AND l.amount != o.price)),"
-        " COUNT(l.id) FILTER (WHERE l.user_id != o.user_id)"
-        " FROM orders o LEFT JOIN ledger l ON l.order_id = o.id"
-        " GROUP BY o.id ORDER BY o.id"
-    ):
-        counts = (holds, captures, releases)
+    ) in await sql.rows(conn, _ORDER_BOOKS):
         state = Money(money)
-        if state is Money.NONE:
-            ok = counts == (0, 0, 0)
-        elif state is Money.HELD:
-            ok = counts == (1, 0, 0)
-        elif state is Money.RELEASED:
-            ok = counts == (1, 0, 1)
-        else:  # captured: hold+capture, or hold+release+rehold+capture (revived)
-            ok = counts in ((1, 1, 0), (2, 1, 1))
-        if not ok:
+        if (holds, captures, releases) != _EXPECTED_ROWS[state]:
             problems.append(
                 f"order {order_id}: money={money} but ledger has hold={holds}"
                 f" capture={captures} release={releases}"

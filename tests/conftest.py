@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import uuid
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +18,50 @@ from tests.fakes.telegram import FakeTelegram
 BOT_TOKEN = "123456:TEST-TOKEN-do-not-leak"
 RUN_FIGURES: list[str] = []  # lines a long test wants shown at the end of the run
 SMSMAN_TOKEN = "smsman-test-token-do-not-leak"
+
+
+# -- the database engines ----------------------------------------------------------------
+# Storage, money and concurrency tests take `database_url` and so run once per engine:
+# SQLite in tmp_path, and PostgreSQL in a database of their own made on TEST_DATABASE_URL's
+# server. Without TEST_DATABASE_URL the PostgreSQL runs skip (visibly, with the reason);
+# with REQUIRE_POSTGRES=1 (.ci/run) that skip is a failure instead.
+ENGINES = ("sqlite", "postgresql")
+
+
+async def _admin_execute(base_url: str, statement: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(base_url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+@asynccontextmanager
+async def postgres_database() -> AsyncIterator[str]:
+    """The URL of a fresh PostgreSQL database, dropped afterwards."""
+    base = os.environ.get("TEST_DATABASE_URL", "")
+    if not base:
+        reason = "PostgreSQL engine: TEST_DATABASE_URL is not set"
+        if os.environ.get("REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"{reason} (REQUIRE_POSTGRES=1)")
+        pytest.skip(reason)
+    name = f"test_{uuid.uuid4().hex[:16]}"
+    await _admin_execute(base, f'CREATE DATABASE "{name}"')
+    try:
+        yield f"{base.rsplit('/', 1)[0]}/{name}"
+    finally:
+        await _admin_execute(base, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=ENGINES)
+async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'bot.sqlite3'}"
+        return
+    async with postgres_database() as url:
+        yield url
 
 
 @pytest.fixture
@@ -64,6 +111,20 @@ def bot_settings(
     tmp_path: Path, telegram: FakeTelegram, smsman: FakeSmsMan
 ) -> Callable[..., Settings]:
     def factory(**overrides: Any) -> Settings:
+        return make_settings(tmp_path, telegram, smsman, **overrides)
+
+    return factory
+
+
+@pytest.fixture
+def bot_settings_on_each_engine(
+    tmp_path: Path, telegram: FakeTelegram, smsman: FakeSmsMan, database_url: str
+) -> Callable[..., Settings]:
+    """bot_settings with DATABASE_URL from `database_url`: the bot runs once per engine.
+    A module opts in with `bot_settings = ON_EACH_ENGINE` (see tests/test_money_concurrent.py)."""
+
+    def factory(**overrides: Any) -> Settings:
+        overrides.setdefault("database_url", database_url)
         return make_settings(tmp_path, telegram, smsman, **overrides)
 
     return factory

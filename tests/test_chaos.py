@@ -118,7 +118,8 @@ async def _credit_wallets(url: str, users: range) -> None:
 
 
 @pytest.mark.slow
-async def test_chaos_nothing_lost(tmp_path: Path) -> None:
+async def test_chaos_nothing_lost(tmp_path: Path, database_url: str) -> None:
+    """Runs once on SQLite and once on PostgreSQL (database_url)."""
     user_ids = range(1, USERS + 1)
     async with (
         FakeTelegram(token="777000:CHAOS-bot-token") as telegram,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -150,7 +149,7 @@ def test_parse_user_id(text: str, user_id: int | None) -> None:
     assert parse_user_id(text) == user_id
 
 
-async def test_pricing_markup_override_is_validated_and_survives_reload(tmp_path: Path) -> None:
+async def test_pricing_markup_override_is_validated_and_survives_reload(database_url: str) -> None:
     values: dict[str, Any] = {
         "bot_token": "1:x",
         "smsman_token": "x",
@@ -158,7 +157,7 @@ async def test_pricing_markup_override_is_validated_and_survives_reload(tmp_path
         "markup_percent": Decimal("10"),
     }
     settings = Settings(_env_file=None, **values)  # type: ignore[call-arg]
-    async with await Database.open(tmp_path / "db.sqlite3") as db:
+    async with await Database.open(database_url) as db:
         pricing = Pricing(settings, db)
         await pricing.load()
         assert (pricing.markup, pricing.overridden) == (Decimal("10"), False)

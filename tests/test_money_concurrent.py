@@ -34,6 +34,14 @@ from tests.test_shop import SHOP
 pytestmark = pytest.mark.asyncio
 
 SettingsFactory = Callable[..., Settings]
+
+
+@pytest.fixture
+def bot_settings(bot_settings_on_each_engine: SettingsFactory) -> SettingsFactory:
+    """Every test here runs the bot once on SQLite and once on PostgreSQL."""
+    return bot_settings_on_each_engine
+
+
 USERS = (11, 12, 13, 14, 15, 16)
 OPERATIONS = 320  # of which >= 200 must have found something to do
 WAITING = OrderStatus.WAITING

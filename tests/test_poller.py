@@ -55,14 +55,10 @@ async def only_order(app: App, user_id: int) -> Any:
 
 
 async def releases(app: App, order_id: int) -> int:
-    def count(conn: Any) -> int:
-        row = conn.execute(
-            "SELECT COUNT(*) FROM ledger WHERE order_id = ? AND kind = ?",
-            (order_id, LedgerKind.RELEASE.value),
-        ).fetchone()
-        return int(row[0])
-
-    return await app.db.read(count)
+    order = await app.db.orders.get(order_id)
+    assert order is not None
+    rows = await app.db.wallet.history(order.user_id, limit=10_000)
+    return sum(row.kind is LedgerKind.RELEASE and row.order_id == order_id for row in rows)
 
 
 async def bulk_buy(app: App, telegram: FakeTelegram, smsman: FakeSmsMan, count: int) -> list[int]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator, Awaitable, Sequence
-from pathlib import Path
 from typing import TypeVar
 
 import pytest
@@ -21,8 +20,8 @@ TASKS = 50
 
 
 @pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = await Database.open(tmp_path / "race.sqlite3")
+async def db(database_url: str) -> AsyncIterator[Database]:
+    database = await Database.open(database_url)
     try:
         yield database
     finally:
@@ -102,21 +101,6 @@ async def test_codes_from_50_tasks_capture_once(db: Database) -> None:
     assert await db.wallet.check_invariant() == []
 
 
-async def test_revive_from_50_tasks_takes_the_price_once(db: Database) -> None:
-    order = await order_in(db, S.CANCELLED, price=40)
-    results = await race([db.orders.revive_with_code(order.id, f"c{i % 3}") for i in range(TASKS)])
-    # One revives (rehold + capture); the other two distinct codes are stored as extra codes.
-    assert sum(r is not None for r in results) == 3
-    assert await kinds_of(db, 1, order.id) == [
-        LedgerKind.HOLD,
-        LedgerKind.RELEASE,
-        LedgerKind.HOLD,
-        LedgerKind.CAPTURE,
-    ]
-    assert await db.wallet.balance(1) == (0, 0)
-    assert await db.wallet.check_invariant() == []
-
-
 async def test_same_idempotency_key_from_50_tasks_one_order(db: Database) -> None:
     await db.wallet.credit(1, 10_000, note=None, idempotency_key="t")
     results = await race([new_order(db, key="tap") for _ in range(TASKS)])
@@ -152,10 +136,9 @@ async def test_credits_with_one_key_from_50_tasks(db: Database) -> None:
     assert await db.wallet.balance(1) == (10 * (TASKS + 1), 0)
 
 
-async def test_two_connections_race_like_two_processes(tmp_path: Path) -> None:
-    path = tmp_path / "shared.sqlite3"
-    first = await Database.open(path)
-    second = await Database.open(path)
+async def test_two_connections_race_like_two_processes(database_url: str) -> None:
+    first = await Database.open(database_url)
+    second = await Database.open(database_url)
     try:
         for _ in range(5):
             order = await order_in(first, S.WAITING)
@@ -191,7 +174,7 @@ async def test_reads_during_writes(db: Database) -> None:
         for _ in range(20):
             available, held = await db.wallet.balance(1)
             assert available + held <= 100_000
-            await db.orders.list_due(1.0, 10)
+            await db.orders.list_open()
 
     await asyncio.gather(*(writer(i) for i in range(TASKS)), *(reader() for _ in range(5)))
     assert await db.wallet.balance(1) == (100_000, 0)
@@ -210,3 +193,57 @@ async def test_cancelled_caller_leaves_a_whole_transaction(db: Database) -> None
     available, held = await db.wallet.balance(1)
     assert held == 100 * len(made) and available == 100_000 - held
     assert await db.wallet.check_invariant() == []
+
+
+async def test_cancelling_callers_at_random_points_of_1000_transactions(db: Database) -> None:
+    """Callers are cancelled at random moments of 1,000 money transactions (create with a
+    hold, mark_waiting, add_code, cancel, credit): each one commits whole or not at all."""
+    rng = random.Random(13)
+    users = range(1, 9)
+    for user in users:
+        await db.wallet.credit(user, 1_000_000, note=None, idempotency_key=f"seed-{user}")
+    waiting: list[int] = []
+    received: list[int] = []
+
+    async def one(i: int) -> None:
+        user = rng.choice(users)
+        kind = rng.random()
+        if kind < 0.35 or not waiting:
+            order = await new_order(db, user, price=rng.randint(1, 500), key=f"r{i}")
+            if await db.orders.mark_waiting(
+                order.id, request_id=order.id, number="+1", expires_at=2e9, next_poll_at=0
+            ):
+                waiting.append(order.id)
+        elif kind < 0.6:
+            order_id = waiting.pop(rng.randrange(len(waiting)))
+            if await db.orders.add_code(order_id, f"code{i}") is not None:
+                received.append(order_id)
+        elif kind < 0.8:
+            await db.orders.cancel(waiting.pop(rng.randrange(len(waiting))))
+        elif kind < 0.9 and received:
+            await db.orders.finish(received.pop())
+        else:
+            await db.wallet.credit(user, rng.randint(1, 100), note=None, idempotency_key=f"k{i}")
+
+    cancelled = 0
+    for batch in range(0, 1000, 25):
+        tasks = [asyncio.create_task(one(i)) for i in range(batch, batch + 25)]
+        # A random number of loop turns: callers die before, during or after their commit.
+        for _ in range(rng.randint(0, 12)):
+            await asyncio.sleep(0)
+        for task in tasks:
+            if rng.random() < 0.5 and task.cancel():
+                cancelled += 1
+        for outcome in await asyncio.gather(*tasks, return_exceptions=True):
+            # A caller that was not cancelled never sees the others' cancellations.
+            assert not isinstance(outcome, Exception), repr(outcome)
+    assert cancelled > 300
+    await asyncio.sleep(0.5)  # orphaned transactions finish on their own
+    assert await db.wallet.check_invariant() == []
+    for order in await db.orders.list_open():
+        kinds = await kinds_of(db, order.user_id, order.id)
+        if order.status in (S.PURCHASING, S.WAITING):
+            assert kinds == [LedgerKind.HOLD] and order.money is Money.HELD
+        elif order.status is S.RECEIVED:
+            assert kinds == [LedgerKind.HOLD, LedgerKind.CAPTURE]
+            assert len(await db.orders.codes_of(order.id)) == 1

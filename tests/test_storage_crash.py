@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from storage import Database
 from storage.models import OPEN_STATUSES, OrderStatus
@@ -78,7 +79,7 @@ async def test_sigkill_mid_stream_loses_nothing_committed(tmp_path: Path) -> Non
             for ledger_id, (user, amount) in credits.items():
                 rows = await db.wallet.history(user, limit=100_000)
                 assert any(r.id == ledger_id and r.amount == amount for r in rows), ledger_id
-            every = await db.read(lambda c: dict(c.execute("SELECT id, status FROM orders")))
+            every = await db.read(statuses)
             open_now = {o.id for o in await db.orders.list_open()}
             assert open_now == {i for i, s in every.items() if OrderStatus(s) in OPEN_STATUSES}
             assert {i for i, s in stored.items() if s in OPEN_STATUSES} <= open_now
@@ -88,3 +89,8 @@ async def test_sigkill_mid_stream_loses_nothing_committed(tmp_path: Path) -> Non
             assert all(every[i] == OrderStatus.PURCHASING for i in unreported)
             # Carry on from what the database holds.
             reported_status.update({i: OrderStatus(s) for i, s in every.items()})
+
+
+async def statuses(conn: Any) -> dict[int, str]:
+    rows = await conn.exec_driver_sql("SELECT id, status FROM orders")
+    return {row[0]: row[1] for row in rows}

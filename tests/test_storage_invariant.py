@@ -27,7 +27,6 @@ ACTIONS = (
     "cancel",
     "expire",
     "add_code",
-    "revive_with_code",
     "finish",
     "request_more",
 )
@@ -59,9 +58,6 @@ class Model:
         order.status = S.RECEIVED
         if order.money is Money.HELD:
             order.money = Money.CAPTURED
-        elif order.money is Money.RELEASED:
-            order.money = Money.CAPTURED
-            self.balance[order.user] -= order.price
 
     def act(self, order: ModelOrder, action: str, code: str) -> bool:
         """Apply `action`; True if it should have happened (a code stored, a move made)."""
@@ -74,14 +70,7 @@ class Model:
         elif action in ("cancel", "expire") and status is S.WAITING:
             order.status = S.CANCELLED if action == "cancel" else S.EXPIRED
             self.release(order)
-        elif (
-            action in ("add_code", "revive_with_code")
-            and code not in order.codes
-            and (
-                status in (S.WAITING, S.RECEIVED)
-                or (action == "revive_with_code" and status in (S.CANCELLED, S.EXPIRED))
-            )
-        ):
+        elif action == "add_code" and code not in order.codes and status in (S.WAITING, S.RECEIVED):
             order.codes.add(code)
             order.want_more = False
             if status is not S.RECEIVED:
@@ -102,7 +91,7 @@ class Model:
 
 
 credit_op = st.tuples(st.just("credit"), st.sampled_from(USERS), st.integers(1, 400))
-debit_op = st.tuples(st.just("debit"), st.sampled_from(USERS), st.integers(1, 400), st.booleans())
+debit_op = st.tuples(st.just("debit"), st.sampled_from(USERS), st.integers(1, 400))
 create_op = st.tuples(
     st.just("create"), st.sampled_from(USERS), st.integers(0, 300), st.booleans(), st.booleans()
 )
@@ -117,10 +106,10 @@ act_op = st.tuples(
 advance_op = act_op.map(lambda op: (*op[:2], "advance", *op[3:]))
 SUITABLE = {
     S.PURCHASING: ("mark_waiting", "mark_waiting", "mark_failed"),
-    S.WAITING: ("add_code", "revive_with_code", "cancel", "expire"),
-    S.RECEIVED: ("add_code", "finish", "request_more", "revive_with_code"),
-    S.CANCELLED: ("revive_with_code", "add_code"),
-    S.EXPIRED: ("revive_with_code", "cancel"),
+    S.WAITING: ("add_code", "add_code", "cancel", "expire"),
+    S.RECEIVED: ("add_code", "finish", "request_more"),
+    S.CANCELLED: ("add_code", "cancel"),
+    S.EXPIRED: ("add_code", "cancel"),
     S.FINISHED: ("finish", "add_code"),
     S.FAILED: ("mark_waiting", "cancel"),
 }
@@ -182,16 +171,15 @@ async def apply(db: Database, model: Model | None, step: int, op: tuple[object, 
         if model:
             model.balance[user] += amount
     elif kind == "debit":
-        _, user, amount, allow_negative = op
+        _, user, amount = op
         assert isinstance(user, int) and isinstance(amount, int)
-        short = not allow_negative and (model.balance[user] if model else 0) < amount
+        short = (model.balance[user] if model else 0) < amount
         try:
             await db.wallet.debit(
                 user,
                 amount,
                 note=None,
                 idempotency_key=f"d{step}",
-                allow_negative=bool(allow_negative),
             )
         except InsufficientFunds as error:
             assert model is None or (short and error.available == model.balance[user])
@@ -257,8 +245,8 @@ async def apply(db: Database, model: Model | None, step: int, op: tuple[object, 
             happened = await db.orders.mark_waiting(
                 order_id, request_id=step, number="+1", expires_at=2e9, next_poll_at=0
             )
-        elif action in ("add_code", "revive_with_code"):
-            happened = await getattr(db.orders, action)(order_id, code) is not None
+        elif action == "add_code":
+            happened = await db.orders.add_code(order_id, code) is not None
         else:
             happened = await getattr(db.orders, action)(order_id)
         if model:
@@ -289,7 +277,7 @@ def books(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, int
         async with await Database.open(path) as db:
             await db.wallet.credit(1, 1000, note=None, idempotency_key="top-up")
             ids = {}
-            for name in ("held", "captured", "released", "revived", "private"):
+            for name in ("held", "captured", "released", "private"):
                 order = await db.orders.create(
                     user_id=1,
                     chat_id=1,
@@ -312,10 +300,8 @@ def books(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, int
                     )
                 if name in ("captured", "private"):
                     await db.orders.add_code(order.id, "1")
-                if name in ("released", "revived"):
+                if name == "released":
                     await db.orders.cancel(order.id)
-                if name == "revived":
-                    await db.orders.revive_with_code(order.id, "2")
             await db.wallet.debit(1, 10, note=None, idempotency_key="fix")
             assert await db.wallet.check_invariant() == []
             return ids
@@ -324,7 +310,7 @@ def books(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, int
 
 
 TAMPERING = [
-    ("UPDATE users SET balance = balance + 1", ["user 1: balance 691 != ledger sum 690"]),
+    ("UPDATE users SET balance = balance + 1", ["user 1: balance 791 != ledger sum 790"]),
     (
         "UPDATE ledger SET amount = -99 WHERE idempotency_key = 'hold:{held}'",
         ["user 1: balance", "order {held}: 1 ledger row(s) not matching price 100"],
@@ -347,10 +333,6 @@ TAMPERING = [
     (
         "UPDATE orders SET money = 'released' WHERE id = {held}",
         ["order {held}: money=released but ledger has hold=1 capture=0 release=0"],
-    ),
-    (
-        "DELETE FROM ledger WHERE idempotency_key = 'rehold:{revived}'",
-        ["user 1: balance", "order {revived}: money=captured but ledger has hold=1 capture=1"],
     ),
     (
         "INSERT INTO ledger (user_id, amount, kind, order_id, created_at, idempotency_key)"
@@ -395,4 +377,4 @@ async def test_untouched_copy_is_clean(books: tuple[Path, dict[str, int]], tmp_p
     shutil.copy(source, tmp_path / "copy.sqlite3")
     async with await Database.open(tmp_path / "copy.sqlite3") as db:
         assert await db.wallet.check_invariant() == []
-        assert await db.wallet.balance(1) == (690, 100)
+        assert await db.wallet.balance(1) == (790, 100)

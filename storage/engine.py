@@ -1,0 +1,128 @@
+"""The two engines, and the ONE place that says where they differ.
+
+Every query in storage/ is written once (`text()` with named parameters) and runs on both
+SQLite (aiosqlite, one process) and PostgreSQL (asyncpg, several replicas). Correctness never
+rests on `SELECT ... FOR UPDATE` (SQLAlchemy drops it on SQLite); it rests on what both
+engines do alike: guarded `UPDATE ... WHERE status = ... RETURNING`, `UNIQUE` ledger keys, and
+a write transaction that first writes the row it depends on (`ledger.lock_user`), which on
+PostgreSQL takes that row's lock until COMMIT.
+
+Where they differ (and nowhere else):
+
+- Write transaction. SQLite: `BEGIN IMMEDIATE` takes the file's write lock at BEGIN, so
+  writers run one at a time (one asyncio.Lock per process queues them before the busy
+  handler would). PostgreSQL: READ COMMITTED; writers of one user queue on that user's row
+  lock (taken by `ledger.lock_user`'s UPDATE), other users' writes run in parallel.
+- Consistent read (`read_snapshot`). SQLite: deferred `BEGIN` (a WAL snapshot).
+  PostgreSQL: REPEATABLE READ.
+- Durability. SQLite: WAL with `synchronous=FULL`, so a committed ledger row survives a
+  power cut. PostgreSQL: the server's fsync.
+- Connection setup. SQLite: busy_timeout, WAL, foreign_keys, and the driver's own BEGIN
+  switched off. PostgreSQL: nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+BUSY_TIMEOUT_MS = 10_000
+
+_SQLITE_PREFIXES = ("sqlite+aiosqlite:///", "sqlite:///")
+_POSTGRES_PREFIXES = ("postgresql+asyncpg://", "postgresql://", "postgres://")
+
+
+def normalize_url(url_or_path: str | Path) -> str:
+    """The SQLAlchemy URL for a DATABASE_URL in any accepted spelling (or a plain file path)."""
+    if isinstance(url_or_path, Path):
+        return f"sqlite+aiosqlite:///{url_or_path}"
+    text = url_or_path.strip()
+    if text in ("", ":memory:"):
+        raise ValueError(f"need a database file path, got {url_or_path!r}")
+    for prefix in _SQLITE_PREFIXES:
+        if text.startswith(prefix):
+            path = text.removeprefix(prefix)
+            if not path or path == ":memory:" or path.startswith("file:"):
+                raise ValueError(f"need a database file path, got {url_or_path!r}")
+            return f"sqlite+aiosqlite:///{path}"
+    for prefix in _POSTGRES_PREFIXES:
+        if text.startswith(prefix):
+            return "postgresql+asyncpg://" + text.removeprefix(prefix)
+    if "://" in text:
+        raise ValueError(f"unsupported database URL {url_or_path!r}")
+    return normalize_url(Path(text))
+
+
+def database_path(url_or_path: str | Path) -> Path:
+    """The file of a SQLite DATABASE_URL."""
+    url = make_url(normalize_url(url_or_path))
+    if url.get_backend_name() != "sqlite" or not url.database:
+        raise ValueError(f"not a SQLite database file: {url_or_path!r}")
+    return Path(url.database)
+
+
+@dataclass(frozen=True, slots=True)
+class Engines:
+    """One pool, three ways in: writes, single-statement reads, consistent multi-reads."""
+
+    base: AsyncEngine
+    write: AsyncEngine
+    read: AsyncEngine
+    snapshot: AsyncEngine
+    is_sqlite: bool
+
+
+def make_engines(url_or_path: str | Path) -> Engines:
+    url = make_url(normalize_url(url_or_path))
+    if url.get_backend_name() == "sqlite":
+        assert url.database
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        # pool_reset_on_return=None: every checkout ends in our own COMMIT or ROLLBACK, so
+        # the pool's extra ROLLBACK would only cost one more thread hop per call.
+        base = create_async_engine(url, pool_size=4, max_overflow=4, pool_reset_on_return=None)
+        _sqlite_events(base)
+        return Engines(
+            base=base,
+            write=base.execution_options(sqlite_begin="BEGIN IMMEDIATE"),
+            read=base.execution_options(sqlite_begin="BEGIN"),
+            snapshot=base.execution_options(sqlite_begin="BEGIN"),
+            is_sqlite=True,
+        )
+    base = create_async_engine(url, pool_size=10, max_overflow=10)
+    return Engines(
+        base=base,
+        write=base,
+        read=base,
+        snapshot=base.execution_options(isolation_level="REPEATABLE READ"),
+        is_sqlite=False,
+    )
+
+
+def _sqlite_events(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def _connect(dbapi_connection: Any, _record: Any) -> None:
+        # The driver must not BEGIN on its own: the "begin" hook below says which BEGIN.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            cursor.execute("PRAGMA journal_mode = WAL")
+            mode = cursor.fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise RuntimeError(f"could not switch the database to WAL mode (got {mode!r})")
+            cursor.execute("PRAGMA synchronous = FULL")
+            cursor.execute("PRAGMA foreign_keys = ON")
+            cursor.execute("PRAGMA temp_store = MEMORY")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _begin(conn: Connection) -> None:
+        begin = conn.get_execution_options().get("sqlite_begin", "BEGIN IMMEDIATE")
+        if begin is not None:  # None: the caller BEGINs itself (storage.migrate)
+            conn.exec_driver_sql(begin)
