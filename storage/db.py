@@ -18,12 +18,15 @@ from typing import Any, TypeVar
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from storage import migrate as _migrate
+from storage.broadcasts import Broadcasts
 from storage.codes import Codes
 from storage.engine import Engines, database_path, make_engines
 from storage.fsm import FsmData
 from storage.kv import KeyValue
 from storage.orders import Orders
+from storage.outbox import Outbox
 from storage.stats import Stats
+from storage.updates import HandledUpdates
 from storage.users import Users
 from storage.wallet import Wallet
 
@@ -51,6 +54,9 @@ class Database:
         self.kv = KeyValue(self)
         self.stats = Stats(self)
         self.fsm = FsmData(self)
+        self.outbox = Outbox(self)
+        self.broadcasts = Broadcasts(self)
+        self.updates = HandledUpdates(self)
 
     @property
     def engine(self) -> AsyncEngine:
