@@ -49,10 +49,10 @@ def upgrade() -> None:
         sa.Column("blocked", sa.Integer(), nullable=False, server_default="0"),
         sa.Column("created_at", sa.Float(), nullable=False),
         sa.PrimaryKeyConstraint("id", name="pk_broadcasts"),
-        sqlite_autoincrement=True,
         sa.CheckConstraint(
             "status IN ('running', 'cancelled', 'done')", name="ck_broadcasts_status"
         ),
+        sqlite_autoincrement=True,
     )
     op.create_table(
         "handled_updates",
