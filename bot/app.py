@@ -15,8 +15,8 @@ from aiogram.client.telegram import TelegramAPIServer
 from aiogram.enums import ParseMode
 from aiogram.utils.i18n import I18n
 
-from bot.flood import RetryAfter
-from bot.notify import Notifier
+from bot.delivery.pacing import Paced, Pacer
+from bot.delivery.service import Delivery
 from bot.poller import PROBE_TIMEOUT, Poller
 from bot.services.access import Access
 from bot.services.admin import AdminService
@@ -47,6 +47,7 @@ class App:
     orders: OrderService
     admin: AdminService
     poller: Poller
+    delivery: Delivery
     i18n: I18n
     in_flight: InFlight
     _background: set[asyncio.Task[None]] = field(default_factory=set)
@@ -54,6 +55,7 @@ class App:
     async def on_startup(self) -> None:
         """Recover orders, warm the caches and register commands, then let updates in."""
         await self.admin.setup_commands(self.bot)
+        await self.delivery.start()
         await self.poller.start()
         self._spawn(self._warm())
         self._spawn(self.admin.watch_balance())
@@ -65,6 +67,7 @@ class App:
         await asyncio.gather(*self._background, return_exceptions=True)
         await self.poller.stop()
         await self.admin.stop()
+        await self.delivery.stop()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
@@ -90,7 +93,10 @@ class App:
 async def build_app(settings: Settings) -> App:
     i18n = make_i18n()
     session = AiohttpSession(api=TelegramAPIServer.from_base(settings.telegram_api_url))
-    session.middleware(RetryAfter())
+    # Every counted call (handlers' answers too) takes from one overall budget; a 429
+    # pauses them all (bot/delivery/pacing.py).
+    pacer = Pacer(settings.telegram_max_rps)
+    session.middleware(Paced(pacer))
     bot = Bot(
         token=settings.bot_token.get_secret_value(),
         session=session,
@@ -109,17 +115,14 @@ async def build_app(settings: Settings) -> App:
     pricing = Pricing(settings, db)
     await pricing.load()
 
-    async def on_blocked(chat_id: int) -> None:
-        await db.users.set_blocked(chat_id, True)
-
-    notifier = Notifier(bot, on_blocked)
+    delivery = Delivery(bot=bot, db=db, i18n=i18n, country_title=catalogue.title_of, pacer=pacer)
     admin = AdminService(
         settings=settings,
         db=db,
         client=client,
         access=access,
         pricing=pricing,
-        notifier=notifier,
+        tell=delivery,
         i18n=i18n,
     )
     orders = OrderService(
@@ -128,8 +131,7 @@ async def build_app(settings: Settings) -> App:
         client=client,
         catalogue=catalogue,
         pricing=pricing,
-        notifier=notifier,
-        i18n=i18n,
+        tell=delivery,
         alerts=admin,
     )
     poller = Poller(
@@ -157,6 +159,7 @@ async def build_app(settings: Settings) -> App:
         orders=orders,
         admin=admin,
         poller=poller,
+        delivery=delivery,
         i18n=i18n,
         in_flight=in_flight,
     )
@@ -171,6 +174,7 @@ async def build_app(settings: Settings) -> App:
         access=access,
         admin=admin,
         users=users,
+        delivery=delivery,
         i18n=i18n,
         menus=Menus(catalogue, pricing, settings),
     )

@@ -85,7 +85,9 @@ class Broadcasts:
         ts = time.time() if now is None else now
 
         async def tx(conn: AsyncConnection) -> Broadcast:
-            bid = int(await sql.scalar(conn, _CREATE, admin_chat_id=admin_chat_id, text=body, now=ts))
+            bid = int(
+                await sql.scalar(conn, _CREATE, admin_chat_id=admin_chat_id, text=body, now=ts)
+            )
             total = await sql.count(
                 conn, _RECIPIENTS, priority=priority, bid=bid, bid_text=str(bid), now=ts
             )

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from storage import sql
+from storage import rows, sql
 
 if TYPE_CHECKING:
     from storage.db import Database
@@ -38,6 +38,9 @@ _ENQUEUE_PLAIN = text(
 )
 _GET = text(f"SELECT {_COLUMNS} FROM outbox WHERE id = :id")
 _ALL = text(f"SELECT {_COLUMNS} FROM outbox ORDER BY priority, id")
+_OF_BROADCAST = text(
+    f"SELECT {_COLUMNS} FROM outbox WHERE kind = 'broadcast' AND ref = :bid ORDER BY id"
+)
 _DONE = text("DELETE FROM outbox WHERE id = :id AND version = :version")
 _DROP = text("DELETE FROM outbox WHERE id = :id")
 _MARK_CODE = text(
@@ -47,7 +50,8 @@ _MARK_CODE = text(
 _SET_CARD = text("UPDATE orders SET message_id = :message_id, card_text = :card WHERE id = :id")
 _ENQUEUE_UNDELIVERED = text(
     "INSERT INTO outbox (chat_id, priority, kind, ref, payload, dedupe, created_at)"
-    " SELECT o.chat_id, :priority, 'code', c.id, '{}', 'code:' || c.id, :now"
+    " SELECT o.chat_id, :priority, 'code', c.id, '{\"order\": ' || o.id || '}',"
+    " 'code:' || c.id, :now"
     " FROM codes c JOIN orders o ON o.id = c.order_id JOIN users u ON u.id = o.user_id"
     " WHERE c.delivered_at IS NULL AND u.blocked = 0 AND (:user_id = 0 OR u.id = :user_id)"
     " ON CONFLICT (dedupe) DO NOTHING"
@@ -146,6 +150,12 @@ class Outbox:
 
         return await self._db.read(q)
 
+    async def of_broadcast(self, bid: int) -> list[OutboxRow]:
+        async def q(conn: AsyncConnection) -> list[OutboxRow]:
+            return [_row(row) for row in await sql.rows(conn, _OF_BROADCAST, bid=bid)]
+
+        return await self._db.read(q)
+
     async def done(self, row: OutboxRow) -> bool:
         """Telegram took the row's push. False if a newer state was queued meanwhile (the
         row stays, to be sent again)."""
@@ -178,13 +188,17 @@ class Outbox:
 
     async def card_sent(
         self, row: OutboxRow | None, order_id: int, message_id: int | None, card: str | None
-    ) -> None:
+    ) -> bool:
         """The card shows `card` in `message_id` now; the row (if any) is done at its
-        version (a newer state queued meanwhile stays)."""
+        version. False if a newer state was queued meanwhile (that row stays)."""
 
-        async def tx(conn: AsyncConnection) -> None:
-            await conn.execute(_SET_CARD, {"message_id": message_id, "card": card, "id": order_id})
-            if row is not None:
-                await conn.execute(_DONE, {"id": row.id, "version": row.version})
+        async def tx(conn: AsyncConnection) -> bool:
+            card_text = rows.encode_card_text(card)
+            await conn.execute(
+                _SET_CARD, {"message_id": message_id, "card": card_text, "id": order_id}
+            )
+            if row is None:
+                return True
+            return await sql.count(conn, _DONE, id=row.id, version=row.version) == 1
 
-        await self._db.write(tx)
+        return await self._db.write(tx)
