@@ -86,8 +86,8 @@ class Delivery:
     ) -> None:
         self._db = db
         self._pacer = pacer
-        self._clock = clock
-        self._render = Renderer(i18n, country_title, lambda: self._clock())
+        self.clock = clock  # tests may swap it (the countdown)
+        self._render = Renderer(i18n, country_title, lambda: self.clock())
         self._notifier = Notifier(bot, self._on_blocked, attempts=1, timeout=call_timeout)
         self._progress_every = progress_every
         self._items: dict[int, _Item] = {}
@@ -460,9 +460,11 @@ class Delivery:
             await self._db.outbox.drop(row.id)
             return _Settled.DONE, None
         result = await self._notifier.send(row.chat_id, self._render.code(order, code.code, locale))
+        if result.outcome is Outcome.REJECTED:
+            await self.card(order)  # the message was refused for good: the card shows it
         if not result.ok or result.message_id is None:
             return await self._settle(row, result)
-        await self._db.outbox.code_sent(row, code.id, result.message_id, self._clock())
+        await self._db.outbox.code_sent(row, code.id, result.message_id, self.clock())
         log.info("order %s user %s: code delivered", order.id, order.user_id)
         await self.card(order)
         return _Settled.DONE, None
