@@ -760,6 +760,7 @@ class FakeTelegram:
         self._seq = 0
 
         self._updates: list[JSONDict] = []
+        self._history: dict[int, JSONDict] = {}  # every update ever put, by update_id
         self._held: list[JSONDict] = []
         self._hold_depth = 0
         self._next_update_id = 100_000_001
@@ -995,6 +996,12 @@ class FakeTelegram:
             raise ValueError(f"an update has exactly one payload field, got {kinds}")
         return self._put(kinds[0], update[kinds[0]])
 
+    def redeliver(self, update_id: int) -> None:
+        """Hand an update out again, update_id and all (as Telegram does after a crash
+        before the confirming getUpdates, or a webhook retry)."""
+        self._updates.append(self._history[update_id])
+        self._poll_signal.notify()
+
     def hold_updates(self) -> _Hold:
         """Keep new updates back until released; they then arrive as one batch.
 
@@ -1216,6 +1223,7 @@ class FakeTelegram:
         update_id = self._next_update_id
         self._next_update_id += 1
         update = {"update_id": update_id, kind: payload}
+        self._history[update_id] = update
         if self._hold_depth:
             self._held.append(update)
         else:
