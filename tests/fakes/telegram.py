@@ -32,7 +32,7 @@ A call beyond either answers 429 "Too Many Requests: retry after N" with
 `parameters.retry_after` = N (whole seconds until it would pass) and is recorded in
 `fake.errors`: the bot caused it. `FakeTelegram(enforce_limits=False)` turns them off.
 `fake.slow(methods, seconds)` makes those calls take that long before Telegram acts on
-them (a call abandoned meanwhile is never acted on).
+them (a call abandoned meanwhile is never acted on); the limits count a call on arrival.
 """
 
 from __future__ import annotations
@@ -741,7 +741,7 @@ class FakeTelegram:
         self.chat_rate = chat_rate
         self.reply_allowance = reply_allowance
         self.reply_window = reply_window
-        self.counted: list[float] = []  # monotonic times of every counted call acted on
+        self.counted: list[float] = []  # monotonic arrival times of every counted call
         self._recent: deque[float] = deque()  # counted calls of the last second
         self._buckets: dict[int, tuple[float, float]] = {}  # chat -> (tokens, at)
         self._credits: dict[int, deque[float]] = {}  # chat -> expiries of reply credits
@@ -981,7 +981,7 @@ class FakeTelegram:
         return [call for call in self.calls if call.injected]
 
     def max_in_a_second(self) -> int:
-        """The most counted calls acted on in any sliding second so far."""
+        """The most counted calls that arrived in any sliding second so far."""
         times, best, start = self.counted, 0, 0
         for end, at in enumerate(times):
             while at - times[start] >= 1.0:
@@ -1071,11 +1071,11 @@ class FakeTelegram:
                 log.warning("FakeTelegram: unsupported method %s", method)
                 raise _ApiFail(404, "Not Found")
             params = await self._read_params(request)
+            self._check_limits(method, params)  # counted on arrival, as Telegram's front does
             delay = self._delays.get(method)
             if delay:
                 await asyncio.sleep(delay)  # cancelled with the request if the bot gives up
             self._maybe_inject(method, params)
-            self._check_limits(method, params)
             result = entry[1](params, request)
             if asyncio.iscoroutine(result):
                 result = await result
