@@ -46,9 +46,21 @@ COUNTED = frozenset(
         "SendInvoice",
     }
 )
-# Set by delivery around its own calls: the budget is taken already, and a 429 goes back
-# to the sender at once (it re-queues; waiting in the session would hold the chat).
-prepaid: contextvars.ContextVar[bool] = contextvars.ContextVar("prepaid", default=False)
+
+
+class Prepaid:
+    """Set by delivery around one push: its first counted call uses the unit the sender
+    took before choosing it (a second call, e.g. a send after a vanished card, takes its
+    own); a 429 goes back to the sender at once (it re-queues the push; waiting in the
+    session would hold the chat)."""
+
+    __slots__ = ("calls",)
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+
+prepaid: contextvars.ContextVar[Prepaid | None] = contextvars.ContextVar("prepaid", default=None)
 
 
 class Pacer:
@@ -112,7 +124,9 @@ class Paced(BaseRequestMiddleware):
         own = prepaid.get()
         attempt = 1
         while True:
-            if counted and not own:
+            if counted and own is not None:
+                own.calls += 1
+            if counted and (own is None or own.calls > 1):
                 await self._pacer.acquire()
             try:
                 return await make_request(bot, method)
@@ -120,7 +134,7 @@ class Paced(BaseRequestMiddleware):
                 if counted:
                     self._pacer.pause(exc.retry_after)
                 if (
-                    own
+                    own is not None
                     or isinstance(method, GetUpdates)  # the polling loop has its own backoff
                     or attempt >= self._attempts
                     or exc.retry_after > self._max_wait

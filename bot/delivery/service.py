@@ -36,7 +36,7 @@ from aiogram import Bot
 from aiogram.utils.i18n import I18n
 
 from bot.delivery.api import Priority
-from bot.delivery.pacing import Pacer, prepaid
+from bot.delivery.pacing import Pacer, Prepaid, prepaid
 from bot.delivery.render import CountryTitle, Renderer
 from bot.locale import pick_locale
 from bot.notify import Notifier, Outcome, Result
@@ -102,6 +102,7 @@ class Delivery:
         self._broadcast_texts: dict[int, str] = {}
         self._dirty: set[int] = set()  # broadcasts whose progress changed
         self._next_ephemeral = -1
+        self._spare = False  # a unit of budget taken for a push that needed no call
         self._slots = asyncio.Semaphore(max_in_flight)
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -144,8 +145,8 @@ class Delivery:
             self._forget(stale)
 
     def countdown(self, order: Order) -> None:
-        if order.id in self._cards or order.id in self._countdowns:
-            return  # a refresh is owed already: it shows the minutes too
+        if order.message_id is None or order.id in self._cards or order.id in self._countdowns:
+            return  # no card to edit, or a refresh is owed already (it shows the minutes)
         item = self._ephemeral(order.chat_id, Priority.COUNTDOWN, "countdown", order.id)
         self._countdowns[order.id] = item.id
 
@@ -230,9 +231,10 @@ class Delivery:
                 await asyncio.wait(pending)
 
     async def drained(self, timeout: float = 10.0) -> None:
-        """Wait until nothing durable is owed nor in flight (tests, bench, a clean stop)."""
+        """Wait until nothing durable is owed nor in flight (tests, bench)."""
         async with asyncio.timeout(timeout):
-            while any(i.id > 0 for i in self._items.values()) or self._busy:
+            # Polled: "drained" is a state of several structures, not one event.
+            while any(i.id > 0 for i in self._items.values()) or self._busy:  # noqa: ASYNC110
                 await asyncio.sleep(0.02)
 
     @property
@@ -353,7 +355,10 @@ class Delivery:
         while True:
             self._wake.clear()
             if self._pick() is not None:
-                await self._pacer.acquire()  # the budget first, then the choice
+                if self._spare:
+                    self._spare = False  # at most one unit carried: never a burst
+                else:
+                    await self._pacer.acquire()  # the budget first, then the choice
                 item = self._pick()
                 if item is not None:
                     return item
@@ -364,7 +369,8 @@ class Delivery:
                     await self._wake.wait()
 
     async def _send(self, item: _Item) -> None:
-        token = prepaid.set(True)
+        paid = Prepaid()
+        token = prepaid.set(paid)
         settled = _Settled.RETRY
         retry_after: float | None = None
         try:
@@ -373,6 +379,8 @@ class Delivery:
             log.exception("push %s (%s) to chat %s failed", item.id, item.kind, item.chat_id)
         finally:
             prepaid.reset(token)
+            if paid.calls == 0:
+                self._spare = True  # e.g. a card that already shows its latest state
             self._busy.discard(item.chat_id)
             self._slots.release()
         if settled is _Settled.DONE:
