@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint typecheck bench locales locales-update clean
+.PHONY: install run demo test lint typecheck bench locales locales-update clean
 
 install: $(STAMP) locales
 
@@ -46,6 +46,11 @@ locales-update: $(STAMP)
 
 run: install
 	$(BIN)/python -m bot
+
+# The bot with no tokens: a sandbox SMS-Man, a local Bot API server and a chat page, all on
+# 127.0.0.1; prints the address to open; Ctrl-C stops everything.
+demo: install
+	@$(BIN)/python -m sandbox
 
 lint: install
 	$(BIN)/ruff check .

@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING, Any, Self
 
 from babel import Locale
 
-from tests.fakes.smsman import FakeSmsMan
-from tests.fakes.telegram import FakeTelegram
+from sandbox.smsman import FakeSmsMan
+from sandbox.telegram import FakeTelegram
 
 if TYPE_CHECKING:
     from bot.settings import Settings

@@ -62,8 +62,8 @@ from bench._common import (
     quiet_logs,
     wait_warm,
 )
-from tests.fakes.smsman import FakeSmsMan
-from tests.fakes.telegram import Call, FakeMessage, FakeTelegram, FakeUser
+from sandbox.smsman import FakeSmsMan
+from sandbox.telegram import Call, FakeMessage, FakeTelegram, FakeUser
 from tests.inprocess import running
 
 USER_BASE = 10_000  # simulated users are 10_001 .. 10_000 + K

@@ -38,10 +38,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import percentile
 from bot.smsman.client import SmsManClient
+from sandbox.smsman import FakeSmsMan
+from sandbox.telegram import FakeTelegram
 from storage.db import Database
 from tests.botproc import BotProcess
-from tests.fakes.smsman import FakeSmsMan
-from tests.fakes.telegram import FakeTelegram
 
 BOT_TOKEN = "123456:BENCH-TOKEN-do-not-leak"
 SMSMAN_TOKEN = "smsman-bench-token-do-not-leak"

@@ -10,6 +10,7 @@ import sys
 from pydantic import ValidationError
 
 from bot.logs import setup_logging
+from bot.services.currency import CurrencyChanged
 from bot.settings import Settings, describe_errors
 from bot.ui.i18n import CataloguesNotCompiled, check_compiled
 
@@ -51,6 +52,9 @@ def main() -> int:
         asyncio.run(serve(settings))
     except KeyboardInterrupt:
         pass
+    except CurrencyChanged as exc:
+        print(exc, file=sys.stderr)
+        return 2
     logging.getLogger("bot").info("stopped cleanly")
     return 0
 

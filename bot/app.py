@@ -21,6 +21,7 @@ from bot.poller import PROBE_TIMEOUT, Poller
 from bot.services.access import Access
 from bot.services.admin import AdminService
 from bot.services.catalogue import CatalogueService
+from bot.services.currency import record_currency
 from bot.services.orders import OrderService
 from bot.services.pricing import Pricing
 from bot.services.users import UserService
@@ -54,7 +55,11 @@ class App:
 
     async def on_startup(self) -> None:
         """Recover orders, warm the caches and register commands, then let updates in."""
-        await self.admin.setup_commands(self.bot)
+        try:
+            await self.admin.setup_commands(self.bot)
+        except Exception as exc:
+            # The commands menu is cosmetic (the last one set stays): never a reason not to run.
+            log.warning("could not register the commands menu: %s", type(exc).__name__)
         await self.delivery.start()
         await self.poller.start()
         self._spawn(self._warm())
@@ -73,6 +78,7 @@ class App:
         task = asyncio.create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        task.add_done_callback(_log_death)
 
     async def _warm(self) -> None:
         try:
@@ -90,6 +96,12 @@ class App:
         await self.db.close()
 
 
+def _log_death(task: asyncio.Task[None]) -> None:
+    """A background task that ends by an exception says so (loops should never get here)."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("background task %s died", task.get_coro(), exc_info=task.exception())
+
+
 async def build_app(settings: Settings) -> App:
     i18n = make_i18n()
     session = AiohttpSession(api=TelegramAPIServer.from_base(settings.telegram_api_url))
@@ -103,12 +115,18 @@ async def build_app(settings: Settings) -> App:
         default=DefaultBotProperties(parse_mode=ParseMode.HTML),
     )
     db = await Database.open(settings.database_url)
+    try:
+        await record_currency(db, settings.currency)
+    except BaseException:
+        await db.close()
+        raise
     client = SmsManClient(
         settings.smsman_api_url,
         settings.smsman_token.get_secret_value(),
         timeout=settings.smsman_timeout,
         max_concurrency=settings.smsman_max_concurrency,
         max_rps=settings.smsman_max_rps,
+        currency=settings.currency,
     )
     access = Access(settings)
     catalogue = CatalogueService(client, settings.popular_countries)

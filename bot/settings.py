@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from yarl import URL
 
 from storage.engine import normalize_url
 
 DEFAULT_POPULAR_COUNTRIES = ("RU", "UA", "KZ", "US", "GB", "ID", "PH", "IN", "BR", "VN")
+# What @BotFather hands out: the bot's numeric id, a colon, then letters, digits, _ and -.
+_BOT_TOKEN = re.compile(r"[0-9]{1,20}:[A-Za-z0-9_-]{1,100}")
 
 
 class AccessMode(StrEnum):
@@ -85,12 +90,24 @@ class Settings(BaseSettings):
             raise ValueError("must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
         return value
 
+    @field_validator("bot_token")
+    @classmethod
+    def _bot_token(cls, value: SecretStr) -> SecretStr:
+        # Checked here, not left to Bot(), which fails with a traceback. The message never
+        # quotes the value: it is a secret.
+        if not _BOT_TOKEN.fullmatch(value.get_secret_value().strip()):
+            raise ValueError("must look like 123456789:AAE... (the token from @BotFather)")
+        return SecretStr(value.get_secret_value().strip())
+
     @field_validator("telegram_api_url", "smsman_api_url")
     @classmethod
     def _url(cls, value: str) -> str:
         value = value.strip().rstrip("/")
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
+        if value.startswith("http://") and not _is_loopback(value):
+            # Both URLs carry a token (in the path or the query): never in clear over a network.
+            raise ValueError("must use https:// (http:// only for 127.0.0.1, ::1 or localhost)")
         return value
 
     @field_validator("database_url")
@@ -107,6 +124,21 @@ class Settings(BaseSettings):
     @property
     def is_shop(self) -> bool:
         return self.access_mode is AccessMode.SHOP
+
+
+def _is_loopback(url: str) -> bool:
+    try:
+        host = URL(url).host
+    except ValueError:
+        return False
+    if not host:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def describe_errors(error: ValidationError) -> list[str]:

@@ -9,7 +9,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiogram import BaseMiddleware, Dispatcher
-from aiogram.types import TelegramObject, Update
+from aiogram.enums import ChatType
+from aiogram.types import Chat, TelegramObject, Update
 from aiogram.types import User as TgUser
 from aiogram.utils.i18n import I18n
 
@@ -82,8 +83,12 @@ class UserAccess(BaseMiddleware):
         if tg_user is None or tg_user.is_bot:
             return None
         if isinstance(event, Update) and event.my_chat_member is not None:
-            # Blocked or unblocked: no access check, and it must not count as a return.
+            # Blocked or unblocked, or added to a group (handlers/membership.py): no access
+            # check, and it must not count as a return.
             return await handler(event, data)
+        chat: Chat | None = data.get("event_chat")
+        if chat is not None and chat.type != ChatType.PRIVATE:
+            return None  # the bot answers nothing in groups and channels (it leaves them)
         user = await self._users.touch(tg_user.id, tg_user.language_code)
         locale = pick_locale(user.language, tg_user.language_code)
         data["user"] = user

@@ -1,4 +1,4 @@
-"""Storage on SQLite: the only place in the project with SQL.
+"""Storage on SQLite or PostgreSQL (SQLAlchemy Core): the only place in the project with SQL.
 
 Open with `db = await Database.open(settings.database_url)`, use the repositories
 (`db.users`, `db.orders`, `db.codes`, `db.wallet`, `db.kv`, `db.stats`), `await db.close()`.

@@ -85,10 +85,15 @@ class Database:
             raise
         return db
 
-    async def close(self) -> None:
-        self._closed = True
+    async def drain(self) -> None:
+        """Wait until every transaction started so far has ended, including those whose
+        callers were cancelled (they still commit or roll back on their own)."""
         while self._running:
             await asyncio.gather(*list(self._running), return_exceptions=True)
+
+    async def close(self) -> None:
+        self._closed = True
+        await self.drain()
         if self.is_sqlite:
             with contextlib.suppress(Exception):
                 async with self._engines.base.connect() as conn:

@@ -32,6 +32,11 @@ _BALANCE = text(
 _HISTORY = text(
     f"SELECT {LEDGER_COLUMNS} FROM ledger WHERE user_id = :user_id ORDER BY id DESC LIMIT :limit"
 )
+_HOLDS_MONEY = text(
+    "SELECT EXISTS (SELECT 1 FROM users WHERE balance <> 0)"
+    " OR EXISTS (SELECT 1 FROM orders WHERE money = 'held')"
+)
+_LAST_ORDER_CURRENCY = text("SELECT currency FROM orders ORDER BY id DESC LIMIT 1")
 _BALANCE_MISMATCH = text(
     "SELECT u.id, u.balance, COALESCE(SUM(l.amount), 0) FROM users u"
     " LEFT JOIN ledger l ON l.user_id = u.id GROUP BY u.id, u.balance"
@@ -151,6 +156,25 @@ class Wallet:
             return int(row[0] or 0), int(row[1] or 0)
 
         return await self._db.read_snapshot(q)
+
+    async def holds_money(self) -> bool:
+        """True while any wallet has a balance or any order has money on hold: what a
+        change of the wallets' currency would silently re-label."""
+
+        async def q(conn: AsyncConnection) -> bool:
+            return bool(await sql.scalar(conn, _HOLDS_MONEY))
+
+        return await self._db.read(q)
+
+    async def last_order_currency(self) -> str | None:
+        """The currency of the newest order, if any: what the money was in before the
+        wallets' currency was recorded (databases older than that record)."""
+
+        async def q(conn: AsyncConnection) -> str | None:
+            found = await sql.scalar(conn, _LAST_ORDER_CURRENCY)
+            return None if found is None else str(found)
+
+        return await self._db.read(q)
 
     async def history(self, user_id: int, limit: int = 10) -> list[LedgerRow]:
         """The user's ledger rows, newest first."""

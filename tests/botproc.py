@@ -31,8 +31,8 @@ from types import TracebackType
 from typing import Any, Self
 
 from bot.settings import Settings
-from tests.fakes.smsman import FakeSmsMan
-from tests.fakes.telegram import FakeMessage, FakeTelegram, FakeUser
+from sandbox.smsman import FakeSmsMan
+from sandbox.telegram import FakeMessage, FakeTelegram, FakeUser
 
 ROOT = Path(__file__).resolve().parent.parent
 READY_LINE = "Start polling"

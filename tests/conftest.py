@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from bot.settings import Settings
-from tests.fakes.smsman import FakeSmsMan
-from tests.fakes.telegram import FakeTelegram
+from sandbox.smsman import FakeSmsMan
+from sandbox.telegram import FakeTelegram
 
 BOT_TOKEN = "123456:TEST-TOKEN-do-not-leak"
 RUN_FIGURES: list[str] = []  # lines a long test wants shown at the end of the run

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.fakes.telegram import FakeMessage, FakeUser
+from sandbox.telegram import FakeMessage, FakeUser
 
 
 def labels(message: FakeMessage) -> list[str]:

@@ -9,8 +9,8 @@ from decimal import Decimal
 import pytest
 
 from bot.settings import Settings
-from tests.fakes.smsman import FakeSmsMan
-from tests.fakes.telegram import FakeTelegram
+from sandbox.smsman import FakeSmsMan
+from sandbox.telegram import FakeTelegram
 from tests.inprocess import running
 from tests.test_shop import ADMIN, SHOP, buy, credit, reach_confirm, say
 

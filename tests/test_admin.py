@@ -9,9 +9,9 @@ from decimal import Decimal
 import pytest
 
 from bot.settings import Settings
+from sandbox.smsman import FakeSmsMan
+from sandbox.telegram import FakeTelegram, FakeUser
 from storage.models import LedgerKind
-from tests.fakes.smsman import FakeSmsMan
-from tests.fakes.telegram import FakeTelegram, FakeUser
 from tests.inprocess import running
 from tests.test_shop import ADMIN, SHOP, buy, credit, say
 

@@ -10,7 +10,7 @@ import pytest
 from bot.services.cache import Cached
 from bot.services.catalogue import CatalogueService, CountryItem, flag_of, matches
 from bot.smsman.client import SmsManClient
-from tests.fakes.smsman import FakeSmsMan
+from sandbox.smsman import FakeSmsMan
 
 
 async def test_cold_cache_waits_once_then_serves_stale_during_one_refresh() -> None:

@@ -20,12 +20,12 @@ from pathlib import Path
 
 import pytest
 
+from sandbox.smsman import FAULT_KINDS, FakeSmsMan
+from sandbox.telegram import FakeTelegram, FakeUser
 from storage.db import Database
 from storage.models import LedgerKind, Money, OrderStatus
 from tests.botproc import BotProcess, buy, code_sends, wait_until
 from tests.conftest import RUN_FIGURES
-from tests.fakes.smsman import FAULT_KINDS, FakeSmsMan
-from tests.fakes.telegram import FakeTelegram, FakeUser
 
 SEED = 20261128
 USERS = 50

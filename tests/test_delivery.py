@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import itertools
 import re
 import subprocess
 import sys
@@ -16,10 +17,10 @@ import pytest
 
 from bench.poller import make_orders
 from bot.settings import Settings
+from sandbox.smsman import FakeSmsMan
+from sandbox.telegram import FakeTelegram
 from storage.db import Database
 from tests.botproc import BotProcess
-from tests.fakes.smsman import FakeSmsMan
-from tests.fakes.telegram import FakeTelegram
 from tests.flows import buy
 from tests.inprocess import running
 
@@ -142,7 +143,7 @@ async def test_telegram_hanging_20s_holds_up_neither_polling_nor_expiry(
         await wait_until(lambda: len(code_sends(telegram)) == len(codes), timeout=40)
         await app.delivery.drained(timeout=40)
         sent = code_sends(telegram)
-        assert sent == Counter({code: 1 for code in codes.values()}), "each code once"
+        assert sent == Counter(dict.fromkeys(codes.values(), 1)), "each code once"
         for request in with_code:
             order = next(o for o in await app.db.orders.list_open() if o.request_id == request)
             assert all(c.delivered_at is not None for c in await app.db.orders.codes_of(order.id))
@@ -176,8 +177,10 @@ async def test_codes_overtake_a_broadcast_and_no_chat_sees_two_pushes_a_second(
         assert last_code - arrived < 0.5 + 1.2 + 1.0
         await app.delivery.drained(timeout=20)
         await wait_until(
-            lambda: "Broadcast finished" in admin.messages[-1].text
-            or any("Broadcast finished" in m.text for m in admin.messages),
+            lambda: (
+                "Broadcast finished" in admin.messages[-1].text
+                or any("Broadcast finished" in m.text for m in admin.messages)
+            ),
             timeout=10,
         )
     by_chat: dict[int, list[float]] = {}
@@ -187,19 +190,15 @@ async def test_codes_overtake_a_broadcast_and_no_chat_sees_two_pushes_a_second(
     for chat, times in by_chat.items():
         if chat == ADMIN:
             continue  # the admin's /broadcast answer is an answer, not a push
-        assert all(b - a >= 0.9 for a, b in zip(times, times[1:], strict=False)), chat
+        assert all(b - a >= 0.9 for a, b in itertools.pairwise(times)), chat
     assert telegram.max_in_a_second() <= 26
     assert telegram.rate_limited == []
 
 
 async def test_a_card_edit_coalesces_into_its_latest_state(tmp_path: Path) -> None:
     async with await Database.open(tmp_path / "bot.sqlite3") as db:
-        first = await db.outbox.enqueue(
-            chat_id=1, priority=3, kind="card", ref=7, dedupe="card:7"
-        )
-        second = await db.outbox.enqueue(
-            chat_id=1, priority=2, kind="card", ref=7, dedupe="card:7"
-        )
+        first = await db.outbox.enqueue(chat_id=1, priority=3, kind="card", ref=7, dedupe="card:7")
+        second = await db.outbox.enqueue(chat_id=1, priority=2, kind="card", ref=7, dedupe="card:7")
         assert second.id == first.id and second.version == first.version + 1
         assert second.priority == 2, "the more urgent of the two"
         assert [r.id for r in await db.outbox.pending()] == [first.id]
@@ -223,7 +222,9 @@ async def test_a_redelivered_callback_is_neither_rerun_nor_reanswered(
         )
         await telegram.wait_idle()
         [update_id] = [
-            u for u, upd in telegram._history.items() if upd.get("callback_query", {}).get("id") == query
+            u
+            for u, update in telegram._history.items()
+            if update.get("callback_query", {}).get("id") == query
         ]
         answers = len(telegram.calls_to("answerCallbackQuery"))
         rejects = len(smsman.calls_to("set-status"))
@@ -317,7 +318,7 @@ async def test_broadcast_cancel_stops_it_and_says_so(
         await admin.wait_for("Broadcast cancelled.")
         await app.delivery.drained(timeout=5)
         await wait_until(
-            lambda: any("Broadcast cancelled" in m.text and "Sent" in m.text for m in admin.messages),
+            lambda: any("cancelled" in m.text and "Sent" in m.text for m in admin.messages),
             timeout=5,
         )
         reached = sum(1 for u in users if u.messages)

@@ -31,8 +31,8 @@ from aiogram.types import (
     Message,
 )
 
-from tests.fakes.telegram import NOT_MODIFIED, QUERY_TOO_OLD, ApiError, FakeTelegram, FakeUser
-from tests.fakes.telegram_html import parse_html
+from sandbox.telegram import NOT_MODIFIED, QUERY_TOO_OLD, ApiError, FakeTelegram, FakeUser
+from sandbox.telegram_html import parse_html
 
 TOKEN = "123456:TEST-TOKEN"
 

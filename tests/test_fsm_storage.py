@@ -9,10 +9,10 @@ import pytest
 from aiogram.fsm.storage.base import StorageKey
 
 from bot.settings import Settings
+from sandbox.smsman import FakeSmsMan
+from sandbox.telegram import FakeTelegram
 from storage import Database
 from storage.fsm import DatabaseFsmStorage
-from tests.fakes.smsman import FakeSmsMan
-from tests.fakes.telegram import FakeTelegram
 from tests.inprocess import running
 from tests.test_shop import say
 

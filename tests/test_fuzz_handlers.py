@@ -13,10 +13,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sandbox.smsman import FakeSmsMan
+from sandbox.telegram import FakeTelegram
 from storage.models import OrderStatus
 from tests.conftest import BOT_TOKEN, SMSMAN_TOKEN, make_settings
-from tests.fakes.smsman import FakeSmsMan
-from tests.fakes.telegram import FakeTelegram
 from tests.inprocess import running
 
 OWNER, FUZZER = 1, 2

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 import pytest
 
 from bot.settings import Settings
-from tests.fakes.smsman import FakeSmsMan
-from tests.fakes.telegram import FakeMessage, FakeTelegram, FakeUser
-from tests.fakes.telegram_markup import inline_buttons
+from sandbox.smsman import FakeSmsMan
+from sandbox.telegram import FakeMessage, FakeTelegram, FakeUser
+from sandbox.telegram_markup import inline_buttons
 from tests.inprocess import running
 
 pytestmark = pytest.mark.asyncio

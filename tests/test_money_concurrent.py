@@ -23,11 +23,11 @@ import pytest
 
 from bot.app import App
 from bot.settings import Settings
+from sandbox.smsman import TERMINAL, FakeSmsMan
+from sandbox.telegram import FakeTelegram
 from storage.db import Database
 from storage.errors import InsufficientFunds
 from storage.models import Money, Order, OrderStatus
-from tests.fakes.smsman import TERMINAL, FakeSmsMan
-from tests.fakes.telegram import FakeTelegram
 from tests.inprocess import running
 from tests.test_shop import SHOP
 

@@ -13,7 +13,7 @@ from aiogram.client.telegram import TelegramAPIServer
 
 from bot.delivery.pacing import Paced, Pacer
 from bot.notify import Notifier, Outcome
-from tests.fakes.telegram import FakeTelegram
+from sandbox.telegram import FakeTelegram
 
 pytestmark = pytest.mark.asyncio
 

@@ -24,6 +24,8 @@ from bot.poller import Breaker, CircuitBreaker, Poller
 from bot.services.orders import PollOutcome, StepResult
 from bot.settings import Settings
 from bot.smsman.errors import ProviderUnavailable
+from sandbox.smsman import FakeSmsMan
+from sandbox.telegram import FakeTelegram
 from storage.models import LedgerKind, Money, OrderStatus
 from tests.botproc import (
     arrive,
@@ -34,8 +36,6 @@ from tests.botproc import (
     set_status_calls,
     wait_until,
 )
-from tests.fakes.smsman import FakeSmsMan
-from tests.fakes.telegram import FakeTelegram
 from tests.flows import reach_confirm
 from tests.inprocess import running
 

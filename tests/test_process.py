@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from sandbox.smsman import FakeSmsMan
+from sandbox.telegram import FakeTelegram
 from tests.botproc import BotProcess
-from tests.fakes.smsman import FakeSmsMan
-from tests.fakes.telegram import FakeTelegram
 
 
 async def test_process_answers_start_and_stops_cleanly_on_sigterm(

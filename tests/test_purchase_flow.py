@@ -8,9 +8,9 @@ from decimal import Decimal
 import pytest
 
 from bot.settings import Settings
+from sandbox.smsman import FakeSmsMan
+from sandbox.telegram import FakeTelegram
 from storage.models import OrderStatus
-from tests.fakes.smsman import FakeSmsMan
-from tests.fakes.telegram import FakeTelegram
 from tests.flows import labels, reach_confirm
 from tests.inprocess import running
 
@@ -49,7 +49,7 @@ async def test_whole_path_to_a_number_and_cancel(
         assert "Cancel" in " ".join(labels(card))
         calls = smsman.calls_to("get-number")
         assert len(calls) == 1
-        assert calls[0].http_method == "POST"
+        assert calls[0].http_method == "POST" and calls[0].form == {}
         request = next(iter(smsman.requests.values()))
         assert Decimal(calls[0].params["maxPrice"]) == request.cost
         assert request.number in card.text

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from sandbox.smsman import FakeSmsMan
+from sandbox.telegram import FakeTelegram
 from storage.db import Database
 from storage.models import LedgerKind, Money, OrderStatus
 from tests.botproc import (
@@ -24,8 +26,6 @@ from tests.botproc import (
     set_status_calls,
     wait_until,
 )
-from tests.fakes.smsman import FakeSmsMan
-from tests.fakes.telegram import FakeTelegram
 
 pytestmark = pytest.mark.asyncio
 
@@ -102,7 +102,8 @@ async def test_code_that_came_while_the_bot_was_killed_is_delivered_once(
 async def test_restart_resends_an_undelivered_code_and_expires_what_ran_out(
     telegram: FakeTelegram, smsman: FakeSmsMan, tmp_path: Path
 ) -> None:
-    """Shop mode. Ann's code is stored but Telegram refuses its message (flood control); Bob's order runs out of time while the bot is down. After
+    """Shop mode. Ann's code is stored but Telegram refuses its message (flood control);
+    Bob's order runs out of time while the bot is down. After
     the restart Ann gets her code once (and is charged), Bob's number is rejected at
     SMS-Man and his money comes back, once."""
     url = f"sqlite:///{tmp_path / 'bot.sqlite3'}"

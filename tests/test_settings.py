@@ -28,7 +28,7 @@ def run_bot(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
         env={**_env_without_settings(), "PYTHONPATH": str(ROOT), **env},
         capture_output=True,
         text=True,
-        timeout=30,
+        timeout=20,
     )
 
 
@@ -86,3 +86,54 @@ def test_python_m_bot_with_invalid_values_never_echoes_tokens(tmp_path: Path) ->
     assert result.stderr.strip().startswith("MAX_ACTIVE_ORDERS is invalid")
     assert "supersecret" not in result.stderr + result.stdout
     assert "alsosecret" not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize("token", ["not a token", "secret-without-colon", "12ab:xyz", "123:"])
+def test_python_m_bot_with_a_malformed_bot_token_exits_2_with_one_line(
+    tmp_path: Path, token: str
+) -> None:
+    """Bot() would raise with a traceback (exit 1); settings refuse it first, quietly."""
+    result = run_bot(
+        tmp_path,
+        BOT_TOKEN=token,
+        SMSMAN_TOKEN="k",
+        DATABASE_URL=f"sqlite:///{tmp_path / 'bot.sqlite3'}",
+    )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("BOT_TOKEN is invalid"), result.stderr
+    assert "Traceback" not in result.stderr
+    assert token not in result.stderr.replace("BOT_TOKEN", "") + result.stdout
+
+
+@pytest.mark.parametrize("name", ["SMSMAN_API_URL", "TELEGRAM_API_URL"])
+def test_python_m_bot_refuses_a_token_in_clear_over_the_network(tmp_path: Path, name: str) -> None:
+    """http:// would send the token in clear: refused unless the host is this machine."""
+    result = run_bot(
+        tmp_path,
+        BOT_TOKEN="1:supersecret",
+        SMSMAN_TOKEN="alsosecret",
+        DATABASE_URL=f"sqlite:///{tmp_path / 'bot.sqlite3'}",
+        **{name: "http://198.51.100.7:8080/control"},
+    )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{name} is invalid"), result.stderr
+    assert "supersecret" not in result.stderr and "alsosecret" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://127.0.0.1:8081", "http://localhost:8081/x", "http://[::1]:8081", "https://a.example"],
+)
+def test_http_is_allowed_on_loopback_only(url: str) -> None:
+    settings = Settings(  # type: ignore[call-arg]
+        _env_file=None, bot_token="1:x", smsman_token="k", smsman_api_url=url, telegram_api_url=url
+    )
+    assert settings.smsman_api_url == url
+
+
+@pytest.mark.parametrize("url", ["http://10.0.0.1", "http://127.0.0.1.example.com", "http://h"])
+def test_http_elsewhere_is_refused(url: str) -> None:
+    with pytest.raises(ValidationError):
+        Settings(_env_file=None, bot_token="1:x", smsman_token="k", smsman_api_url=url)  # type: ignore[call-arg]

@@ -14,9 +14,9 @@ import pytest
 
 from bot.app import App
 from bot.settings import Settings
+from sandbox.smsman import FakeSmsMan
+from sandbox.telegram import FakeMessage, FakeTelegram
 from storage.models import LedgerKind, Money, OrderStatus
-from tests.fakes.smsman import FakeSmsMan
-from tests.fakes.telegram import FakeMessage, FakeTelegram
 from tests.flows import buy, reach_confirm, say
 from tests.inprocess import running
 

@@ -36,7 +36,7 @@ from bot.smsman import (
     _parse,
 )
 from bot.smsman._limiter import CallGate
-from tests.fakes.smsman import FakeSmsMan
+from sandbox.smsman import FakeSmsMan
 
 TOKEN = "smsman-test-token"
 TIMEOUT = 0.3
@@ -314,6 +314,27 @@ async def test_multiple_sms_with_retrysms(client: SmsManClient, fake: FakeSmsMan
     assert fake.requests[number.request_id].status == "closed"
     [*_, call] = fake.calls_to("set-status")
     assert call.http_method == "POST" and call.params["status"] == "close"
+
+
+async def test_writes_are_posts_with_the_parameters_in_the_query_and_no_body(
+    client: SmsManClient, fake: FakeSmsMan
+) -> None:
+    """The only evidence that POST works puts the parameters in the query string."""
+    number = await client.get_number(8, 297, max_price=Decimal("10"), currency="RUB")
+    await client.set_status(number.request_id, Status.REJECT)
+    [buy] = fake.calls_to("get-number")
+    [reject] = fake.calls_to("set-status")
+    for call in (buy, reject):
+        assert call.http_method == "POST"
+        assert call.form == {}, "a form body was sent"
+        assert call.params["token"] == TOKEN
+    assert buy.params["maxPrice"] == "10" and buy.params["currency"] == "RUB"
+    assert reject.params == {
+        "token": TOKEN,
+        "request_id": str(number.request_id),
+        "status": "reject",
+    }
+    assert fake.requests[number.request_id].status == "rejected"
 
 
 async def test_retrysms_without_multiple_is_wrong_status(

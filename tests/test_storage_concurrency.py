@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator, Awaitable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
@@ -189,6 +189,7 @@ async def test_cancelled_caller_leaves_a_whole_transaction(db: Database) -> None
     for task in tasks[::2]:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+    await db.drain()  # a cancelled caller's transaction still ends on its own
     made = await db.orders.list_for_user(1, limit=1000)
     available, held = await db.wallet.balance(1)
     assert held == 100 * len(made) and available == 100_000 - held
@@ -238,7 +239,7 @@ async def test_cancelling_callers_at_random_points_of_1000_transactions(db: Data
             # A caller that was not cancelled never sees the others' cancellations.
             assert not isinstance(outcome, Exception), repr(outcome)
     assert cancelled > 300
-    await asyncio.sleep(0.5)  # orphaned transactions finish on their own
+    await db.drain()  # orphaned transactions end on their own
     assert await db.wallet.check_invariant() == []
     for order in await db.orders.list_open():
         kinds = await kinds_of(db, order.user_id, order.id)
@@ -247,3 +248,28 @@ async def test_cancelling_callers_at_random_points_of_1000_transactions(db: Data
         elif order.status is S.RECEIVED:
             assert kinds == [LedgerKind.HOLD, LedgerKind.CAPTURE]
             assert len(await db.orders.codes_of(order.id)) == 1
+
+
+async def test_a_started_transaction_ends_whole_though_its_caller_is_cancelled(
+    db: Database,
+) -> None:
+    """The caller is cancelled between two statements of one transaction: the transaction
+    still runs to its COMMIT on its own (it is not cut at the cancelled await)."""
+    from sqlalchemy import text
+
+    started, go = asyncio.Event(), asyncio.Event()
+
+    async def two_rows(conn: Any) -> None:
+        await conn.execute(text("INSERT INTO kv (key, value) VALUES ('first', '1')"))
+        started.set()
+        await go.wait()
+        await conn.execute(text("INSERT INTO kv (key, value) VALUES ('second', '2')"))
+
+    caller = asyncio.create_task(db.write(two_rows))
+    await started.wait()
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    go.set()
+    await db.drain()
+    assert (await db.kv.get("first"), await db.kv.get("second")) == ("1", "2")

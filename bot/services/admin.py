@@ -528,10 +528,15 @@ class AdminService:
                 await self._db.kv.set(LOW_BALANCE_KEY, "0")
 
     async def watch_balance(self, every: float = BALANCE_CHECK_EVERY) -> None:
+        """Check every `every` seconds until cancelled; a failed check (a locked database,
+        a bug) is logged and the watch goes on: a background loop never dies silently."""
         if self._settings.low_balance_alert <= Decimal(0):
             return
         while True:
-            await self.check_balance()
+            try:
+                await self.check_balance()
+            except Exception:
+                log.exception("balance check failed; trying again in %.0fs", every)
             await asyncio.sleep(every)
 
 

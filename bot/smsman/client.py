@@ -4,7 +4,8 @@ Every call goes through one gate (at most `max_concurrency` in flight, at most `
 started per second, purchases and cancels ahead of the poller's get-sms), has its own
 deadline, and comes back as a typed result or a typed error (errors.py). Reads are retried
 on `ProviderUnavailable` with jittered exponential backoff; get-number and set-status are
-sent once, as POST, on a fresh connection, and never retried: after `ProviderUnavailable`
+sent once, as POST with the parameters in the query string and no body, on a fresh
+connection, and never retried: after `ProviderUnavailable`
 their outcome is unknown and only the caller can find out what happened.
 
 The API token never leaves this module in any text: URLs, error messages and log lines are
@@ -57,9 +58,13 @@ class SmsManClient:
         max_rps: float = 20,
         retries: int = 3,
         backoff: float = 0.2,
+        currency: str | None = None,
     ) -> None:
+        """`currency`: sent as `currency` with get-prices, get-balance and get-number, so
+        costs and the balance come in it rather than in the account's currency."""
         if timeout <= 0:
             raise ValueError("timeout must be positive")
+        self._currency = None if currency is None else _currency(currency)
         if retries < 0 or backoff < 0:
             raise ValueError("retries and backoff must not be negative")
         self._base_url = base_url.rstrip("/")
@@ -125,7 +130,7 @@ class SmsManClient:
     # ------------------------------------------------------------ reads
 
     async def get_balance(self) -> Balance:
-        body = await self._read("get-balance", {})
+        body = await self._read("get-balance", self._in_currency({}))
         return self._shaped(_parse.balance, body)
 
     async def countries(self) -> list[Country]:
@@ -138,7 +143,7 @@ class SmsManClient:
 
     async def prices(self, country_id: int | None = None) -> list[Price]:
         params = {} if country_id is None else {"country_id": str(_id(country_id))}
-        body = await self._read("get-prices", params)
+        body = await self._read("get-prices", self._in_currency(params))
         return self._shaped(_parse.prices, body, country_id)
 
     async def limits(
@@ -182,10 +187,9 @@ class SmsManClient:
                 raise ValueError("max_price must be a finite, non-negative Decimal")
             params["maxPrice"] = format(max_price, "f")
         if currency is not None:
-            currency = currency.strip().upper()
-            if currency not in CURRENCIES:
-                raise ValueError("currency must be RUB, USD or EUR")
-            params["currency"] = currency
+            params["currency"] = _currency(currency)
+        else:
+            params = self._in_currency(params)
         if ref:
             params["ref"] = ref
         async with self._get_number_slots:
@@ -197,6 +201,9 @@ class SmsManClient:
         params = {"request_id": str(_id(request_id)), "status": Status(status).value}
         body = await self._call_once("set-status", params, post=True, urgent=True)
         self._shaped(_parse.status_ok, body)
+
+    def _in_currency(self, params: dict[str, str]) -> dict[str, str]:
+        return params if self._currency is None else {**params, "currency": self._currency}
 
     # ------------------------------------------------------------ transport
 
@@ -246,7 +253,9 @@ class SmsManClient:
             try:
                 async with asyncio.timeout(self._timeout):
                     if post:
-                        request = write_session.post(url, data=fields)
+                        # Parameters in the query string and no body: what every known
+                        # client sends and the only POST form known to work.
+                        request = write_session.post(url, params=fields)
                     else:
                         request = session.get(url, params=fields)
                     async with request as response:
@@ -313,6 +322,13 @@ def _spellings(token: str) -> tuple[str, ...]:
     in_query = yarl.URL.build(query={"t": token}).raw_query_string.removeprefix("t=")
     spellings = {token, quote(token, safe=""), quote_plus(token, safe=""), in_query}
     return tuple(sorted(spellings, key=len, reverse=True))
+
+
+def _currency(value: str) -> str:
+    value = value.strip().upper()
+    if value not in CURRENCIES:
+        raise ValueError("currency must be RUB, USD or EUR")
+    return value
 
 
 def _id(value: int) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import re
 
+from aiogram.exceptions import TelegramBadRequest
 from aiogram.types import CallbackQuery, InlineKeyboardMarkup, Message
 
 _TAG = re.compile(r"<[^>]+>")
@@ -13,6 +14,11 @@ _TAG = re.compile(r"<[^>]+>")
 def plain(text: str) -> str:
     """The text Telegram keeps of our HTML: tags dropped, entities unescaped."""
     return html.unescape(_TAG.sub("", text))
+
+
+def is_not_modified(error: BaseException) -> bool:
+    """Telegram refusing an edit that changes nothing: the screen is already right."""
+    return isinstance(error, TelegramBadRequest) and "message is not modified" in error.message
 
 
 def _markup_dump(markup: InlineKeyboardMarkup | None) -> object:
@@ -34,7 +40,14 @@ async def show(
         if isinstance(message, Message):
             if unchanged(message, text, markup):
                 return message
-            edited = await message.edit_text(text, reply_markup=markup)
+            try:
+                edited = await message.edit_text(text, reply_markup=markup)
+            except TelegramBadRequest as exc:
+                # A double tap: the first tap already put this screen there (our copy of
+                # the message is the one the tap carried, older than what the chat shows).
+                if is_not_modified(exc):
+                    return message
+                raise
             return edited if isinstance(edited, Message) else message
         if event.from_user is not None and event.bot is not None:
             return await event.bot.send_message(event.from_user.id, text, reply_markup=markup)

@@ -243,6 +243,11 @@ def try_again_later() -> str:
     return _("The provider did not answer. Please try again in a moment.")
 
 
+def something_failed() -> str:
+    """A failure that is not the provider's (Telegram refused a call, or a bug)."""
+    return _("Something went wrong. Please try again in a moment.")
+
+
 def order_expired_notice(order: Order) -> str:
     return _(
         "⌛ No code came for order #{id} ({service}) in time. It was cancelled and not charged."

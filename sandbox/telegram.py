@@ -54,8 +54,8 @@ from typing import Any, Self
 
 from aiohttp import web
 
-from tests.fakes.telegram_html import EntityParseError, parse_html, trim_text, utf16_len
-from tests.fakes.telegram_markup import MarkupError, inline_buttons, validate_reply_markup
+from sandbox.telegram_html import EntityParseError, parse_html, trim_text, utf16_len
+from sandbox.telegram_markup import MarkupError, inline_buttons, validate_reply_markup
 
 __all__ = [
     "ApiError",
@@ -755,6 +755,10 @@ class FakeTelegram:
         self.descriptions: dict[tuple[str, str], str] = {}  # (kind, lang) -> text
 
         self._users: dict[int, FakeUser] = {}
+        self._groups: dict[int, JSONDict] = {}  # group chats, by (negative) id
+        self._next_group_message_id = 1
+        self.bot_in_groups: set[int] = set()  # groups the bot is a member of
+        self.left_chats: list[int] = []  # leaveChat calls, in order
         self._callbacks: dict[str, _Callback] = {}
         self._callback_counter = 0
         self._seq = 0
@@ -802,6 +806,7 @@ class FakeTelegram:
             "answerCallbackQuery": self._answer_callback_query,
             "sendChatAction": self._send_chat_action,
             "getChat": self._get_chat,
+            "leaveChat": self._leave_chat,
             "close": self._ok,
             "logOut": self._ok,
         }
@@ -897,6 +902,48 @@ class FakeTelegram:
     @property
     def users(self) -> dict[int, FakeUser]:
         return dict(self._users)
+
+    # ------------------------------------------------------------------ groups
+
+    def add_to_group(
+        self, user_id: int, group_id: int, title: str = "A group", *, notify: bool = True
+    ) -> int | None:
+        """`user_id` adds the bot to the group `group_id` (negative, as Telegram's are):
+        the bot gets my_chat_member from the group (unless `notify` is False: it was added
+        long ago). Returns the update id."""
+        if group_id >= 0:
+            raise ValueError("group chat ids are negative")
+        self._groups[group_id] = {"id": group_id, "type": "group", "title": title}
+        self.bot_in_groups.add(group_id)
+        if not notify:
+            return None
+        return self._group_member_update(user_id, group_id, "left", "member")
+
+    def remove_from_group(self, user_id: int, group_id: int) -> int:
+        """`user_id` removes (bans) the bot from the group: my_chat_member, status kicked."""
+        self.bot_in_groups.discard(group_id)
+        return self._group_member_update(user_id, group_id, "member", "kicked")
+
+    def group_message(self, user_id: int, group_id: int, text: str) -> int:
+        """`user_id` writes `text` in the group (a command reaches a bot in privacy mode)."""
+        user = self.user(user_id)
+        payload: JSONDict = {
+            "message_id": self._next_group_message_id,
+            "from": user.to_json(),
+            "chat": self._groups[group_id],
+            "date": _now(),
+            "text": text,
+        }
+        self._next_group_message_id += 1
+        if text.startswith("/"):
+            command = text.split(maxsplit=1)[0]
+            payload["entities"] = [{"type": "bot_command", "offset": 0, "length": len(command)}]
+        return self._put("message", payload)
+
+    def _group_member_update(self, user_id: int, group_id: int, old: str, new: str) -> int:
+        update = self._member_update(self.user(user_id), old, new)
+        update["chat"] = self._groups[group_id]
+        return self._put("my_chat_member", update)
 
     def calls_to(self, method: str) -> list[Call]:
         name = self._canonical(method)
@@ -1602,6 +1649,16 @@ class FakeTelegram:
             raise _bad("wrong parameter action in request")
         self._check_writable(user)
         user.chat_actions.append(str(action))
+        return True
+
+    def _leave_chat(self, p: Params, request: web.Request) -> bool:
+        chat_id = p.get("chat_id")
+        if not isinstance(chat_id, int) or chat_id not in self._groups:
+            raise _bad("chat not found")
+        if chat_id not in self.bot_in_groups:
+            raise _ApiFail(403, "Forbidden: bot is not a member of the group chat")
+        self.bot_in_groups.discard(chat_id)
+        self.left_chats.append(chat_id)
         return True
 
     def _get_chat(self, p: Params, request: web.Request) -> JSONDict:

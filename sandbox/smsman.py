@@ -6,7 +6,10 @@
 
 Real shapes: catalogues keyed by id string with title/code, costs as strings, business
 errors as HTTP 200 with error_code/error_msg, get-number errors echoing application_id,
-country_id, error_id and success:false. GET and POST (query and form) at /control/<method>.
+country_id, error_id and success:false. Costs and the balance in the account's currency, or
+converted into the `currency` a call names. GET and POST at /control/<method>, parameters
+read from the query string only: whether SMS-Man reads a form body is unknown, so the fake
+does not (a form body is recorded in `Call.form` and otherwise ignored).
 
 Every handler does O(1) work except the catalogue methods (get-prices, limits, countries,
 applications) and get-balance, which walk the catalogue or the open requests.
@@ -23,7 +26,7 @@ import socket
 import time
 from collections import Counter, defaultdict, deque
 from dataclasses import dataclass, field
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from types import TracebackType
 from typing import Any, Self
 
@@ -59,9 +62,10 @@ class Call:
     """One request the fake received (the token included in `params`)."""
 
     method: str
-    params: dict[str, str]
+    params: dict[str, str]  # from the query string: the only ones read
     http_method: str
     time: float  # time.monotonic()
+    form: dict[str, str] = field(default_factory=dict)  # a form body's fields (ignored)
 
 
 @dataclass(slots=True)
@@ -122,7 +126,15 @@ class FakeSmsMan:
         self.applications: dict[int, tuple[str, str | None]] = {}
         self.prices: dict[tuple[int, int], list[Any]] = {}  # (country, app) -> [cost, count]
         self.out_of_stock: set[tuple[int, int]] = set()
-        self.balance = Decimal("100.00")
+        self.balance = Decimal("100.00")  # like costs, in the account's currency
+        # Costs and the balance are kept in the account's currency; a call naming another
+        # `currency` gets them converted at `rates` (units of it per unit of RUB).
+        self.account_currency = "RUB"
+        self.rates: dict[str, Decimal] = {
+            "RUB": Decimal(1),
+            "USD": Decimal("0.01"),
+            "EUR": Decimal("0.009"),
+        }
 
         # activations
         self.requests: dict[int, FakeRequest] = {}
@@ -228,6 +240,21 @@ class FakeSmsMan:
         for cid, costs in table.items():
             for aid, cost in zip((1, 2, 297), costs, strict=True):
                 self.set_price(cid, aid, cost, 431 + cid + aid)
+
+    # ------------------------------------------------------------ currency
+
+    def convert(self, amount: Decimal, currency: str | None) -> Decimal:
+        """`amount` (account currency) in `currency` (None: the account's), to the cent."""
+        target = currency or self.account_currency
+        rate = self.rates[target] / self.rates[self.account_currency]
+        return (amount * rate).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
+
+    def _currency(self, params: dict[str, str]) -> str | None:
+        """The `currency` asked for; ValueError if it is not one SMS-Man knows."""
+        currency = params.get("currency")
+        if currency is not None and currency not in self.rates:
+            raise ValueError(currency)
+        return currency
 
     # ------------------------------------------------------------ codes
 
@@ -362,9 +389,10 @@ class FakeSmsMan:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         method = request.match_info["method"]
         params: dict[str, str] = dict(request.query)
+        form: dict[str, str] = {}
         if request.method == "POST" and request.can_read_body:
-            params.update({k: v for k, v in (await request.post()).items() if isinstance(v, str)})
-        call = Call(method, params, request.method, time.monotonic())
+            form = {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
+        call = Call(method, params, request.method, time.monotonic(), form)
         self.calls.append(call)
         self._calls_by_method[method].append(call)
         self.in_flight[method] += 1
@@ -418,9 +446,13 @@ class FakeSmsMan:
             self._tick(request, now)
             if request.status == "waiting" and not request.codes:
                 hold += request.cost
+        try:
+            currency = self._currency(params)
+        except ValueError:
+            return _error("bad_params", "Wrong parameters")
         return {
-            "balance": str(self.balance.quantize(Decimal("0.01"))),
-            "hold": str(hold.quantize(Decimal("0.01"))),
+            "balance": str(self.convert(self.balance, currency)),
+            "hold": str(self.convert(hold, currency)),
             "channels": 1,
             "active_channels": 0,
             "rating": 5,
@@ -447,12 +479,16 @@ class FakeSmsMan:
 
     def _m_get_prices(self, params: dict[str, str]) -> Any:
         country = _int(params.get("country_id"))
+        try:
+            currency = self._currency(params)
+        except ValueError:
+            return _error("bad_params", "Wrong parameters")
         nested: dict[str, dict[str, Any]] = {}
         for (cid, aid), (cost, count) in self.prices.items():
             if country is not None and cid != country:
                 continue
             nested.setdefault(str(cid), {})[str(aid)] = {
-                "cost": str(cost),
+                "cost": str(self.convert(cost, currency)),
                 "count": count,
                 "application_id": str(aid),
                 "country_id": str(cid),
@@ -518,7 +554,8 @@ class FakeSmsMan:
         if entry is None or entry[1] <= 0 or (country, application) in self.out_of_stock:
             return fail("no_numbers", "No numbers, try again...")
         cost: Decimal = entry[0]
-        if max_price_text is not None and Decimal(max_price_text) < cost:
+        # maxPrice is in the currency asked for (the account's without one).
+        if max_price_text is not None and Decimal(max_price_text) < self.convert(cost, currency):
             return fail("no_numbers", "No numbers, try again...")
         if self.balance < cost:
             return fail(
