@@ -158,12 +158,14 @@ async def test_codes_overtake_a_broadcast_and_no_chat_sees_two_pushes_a_second(
 ) -> None:
     requests = await make_orders(tmp_path, smsman, 30)
     async with await Database.open(tmp_path / "bot.sqlite3") as db:
-        for uid in range(5000, 5100):
+        for uid in range(5000, 5200):
             await db.users.upsert(uid, "en")
-    for uid in [*range(5000, 5100), *(1_000_000 + i for i in range(30))]:
+    for uid in [*range(5000, 5200), *(1_000_000 + i for i in range(30))]:
         telegram.user(uid, started=True)
     admin = telegram.user(ADMIN, started=True)
-    settings = bot_settings(sms_poll_interval=0.5, allowed_user_ids=[], telegram_max_rps=25)
+    settings = bot_settings(
+        sms_poll_interval=1.0, allowed_user_ids=[], smsman_max_rps=200, smsman_max_concurrency=20
+    )
     async with running(settings) as app:
         await admin.send("/broadcast Hello <b>all</b>")
         await wait_until(lambda: len(telegram.calls_to("sendMessage")) >= 20, timeout=5)
@@ -172,10 +174,10 @@ async def test_codes_overtake_a_broadcast_and_no_chat_sees_two_pushes_a_second(
             smsman.deliver_code(request, f"{request:08d}")
         await wait_until(lambda: len(code_sends(telegram)) == 30, timeout=10)
         last_code = max(c.time for c in telegram.calls_to("sendMessage") if "🔔" in str(c.params))
-        # 30 codes at 25 a second: ~1.2 s plus one poll interval; the broadcast's 100
-        # messages would take 4 s if the codes queued behind them.
-        assert last_code - arrived < 0.5 + 1.2 + 1.0
-        await app.delivery.drained(timeout=20)
+        # 30 codes at 25 a second: ~1.2 s plus one poll interval; the broadcast's 200
+        # messages would take 8 s if the codes queued behind them.
+        assert last_code - arrived < 1.0 + 1.2 + 1.5
+        await app.delivery.drained(timeout=30)
         await wait_until(
             lambda: (
                 "Broadcast finished" in admin.messages[-1].text
