@@ -120,9 +120,11 @@ async def fakes(
     countries: int = 150,
     services: int = 100,
     seed: int = 1,
+    telegram_max_per_second: int = 30,
 ) -> AsyncIterator[tuple[FakeTelegram, FakeSmsMan]]:
-    """FakeTelegram and FakeSmsMan (realistic catalogue, `latency` s per call) on 127.0.0.1."""
-    telegram = FakeTelegram(token=BOT_TOKEN)
+    """FakeTelegram (Telegram's flood limits, `telegram_max_per_second` overall) and
+    FakeSmsMan (realistic catalogue, `latency` s per call) on 127.0.0.1."""
+    telegram = FakeTelegram(token=BOT_TOKEN, max_per_second=telegram_max_per_second)
     smsman = FakeSmsMan(token=SMSMAN_TOKEN, seed=seed)
     realistic_catalogue(smsman, countries=countries, services=services, seed=seed)
     smsman.latency = latency
