@@ -1118,11 +1118,11 @@ class FakeTelegram:
                 log.warning("FakeTelegram: unsupported method %s", method)
                 raise _ApiFail(404, "Not Found")
             params = await self._read_params(request)
+            self._maybe_inject(method, params)  # an injected failure is not counted
             self._check_limits(method, params)  # counted on arrival, as Telegram's front does
             delay = self._delays.get(method)
             if delay:
                 await asyncio.sleep(delay)  # cancelled with the request if the bot gives up
-            self._maybe_inject(method, params)
             result = entry[1](params, request)
             if asyncio.iscoroutine(result):
                 result = await result

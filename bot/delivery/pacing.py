@@ -2,9 +2,10 @@
 
 - Overall: one aiolimiter bucket of capacity 1 draining TELEGRAM_MAX_RPS a second, so no
   second ever holds more than TELEGRAM_MAX_RPS + 1 sends (a bucket of capacity N would let
-  2N through in a second after a quiet spell). Every counted call takes from it: delivery's
-  pushes (the sender acquires before choosing what to send, so priorities hold) and the
-  handlers' answers (the session middleware acquires for them).
+  2N through in a second after a quiet spell). Every counted call takes from it right
+  before it goes on the wire (the session middleware), delivery's pushes and the
+  handlers' answers alike; the sender keeps its priorities by handing the wire one push
+  at a time, when the bucket has room.
 - Per chat (pushes only): one bucket of capacity 1 draining one a second per chat.
 - A 429 pauses everything counted for its retry_after.
 """
@@ -15,6 +16,7 @@ import asyncio
 import contextvars
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from aiogram.client.session.middlewares.base import (
@@ -48,19 +50,22 @@ COUNTED = frozenset(
 )
 
 
-class Prepaid:
-    """Set by delivery around one push: its first counted call uses the unit the sender
-    took before choosing it (a second call, e.g. a send after a vanished card, takes its
-    own); a 429 goes back to the sender at once (it re-queues the push; waiting in the
-    session would hold the chat)."""
+class Push:
+    """Set by delivery around one push: the session tells it when its first counted call
+    got its unit of budget (the sender may then hand the wire the next push), and a 429
+    goes back to the sender at once (it re-queues the push; waiting in the session would
+    hold the chat)."""
 
-    __slots__ = ("calls",)
+    __slots__ = ("calls", "on_budget")
 
-    def __init__(self) -> None:
+    def __init__(self, on_budget: Callable[[], None]) -> None:
         self.calls = 0
+        self.on_budget = on_budget
 
 
-prepaid: contextvars.ContextVar[Prepaid | None] = contextvars.ContextVar("prepaid", default=None)
+current_push: contextvars.ContextVar[Push | None] = contextvars.ContextVar(
+    "current_push", default=None
+)
 
 
 class Pacer:
@@ -70,6 +75,7 @@ class Pacer:
         self._per_chat_every = per_chat_every
         self._chats: dict[int, AsyncLimiter] = {}
         self._paused_until = 0.0  # time.monotonic()
+        self._last_unit = 0.0  # when the overall bucket last gave a unit
         self.pauses = 0  # 429s seen (observability, bench)
 
     def pause(self, seconds: float) -> None:
@@ -83,12 +89,22 @@ class Pacer:
     def paused_for(self) -> float:
         return max(0.0, self._paused_until - time.monotonic())
 
+    def room_in(self) -> float:
+        """Seconds until a counted call would go on the wire (0: now)."""
+        paused = self.paused_for()
+        if paused > 0:
+            return paused
+        if self._overall.has_capacity():
+            return 0.0
+        return max(0.001, self._last_unit + 1.0 / self.max_rps - time.monotonic())
+
     async def acquire(self) -> None:
         """One unit of the overall budget (after any 429 pause)."""
         # A loop, not an Event: another 429 may push the end of the pause further out.
         while (wait := self.paused_for()) > 0:  # noqa: ASYNC110
             await asyncio.sleep(wait)
         await self._overall.acquire()
+        self._last_unit = time.monotonic()
 
     def chat_ready(self, chat_id: int) -> bool:
         limiter = self._chats.get(chat_id)
@@ -121,13 +137,15 @@ class Paced(BaseRequestMiddleware):
         method: TelegramMethod[TelegramType],
     ) -> Response[TelegramType]:
         counted = type(method).__name__ in COUNTED
-        own = prepaid.get()
+        own = current_push.get()
         attempt = 1
         while True:
-            if counted and own is not None:
-                own.calls += 1
-            if counted and (own is None or own.calls > 1):
+            if counted:
                 await self._pacer.acquire()
+                if own is not None:
+                    own.calls += 1
+                    if own.calls == 1:
+                        own.on_budget()
             try:
                 return await make_request(bot, method)
             except TelegramRetryAfter as exc:

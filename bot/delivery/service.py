@@ -2,11 +2,14 @@
 
 Work comes in through the `Tell` API (bot/delivery/api.py) and, when durable, is a row in
 the `outbox` table first. The loop keeps an index of what is owed, per chat in (priority,
-id) order, and repeats: wait for a free in-flight slot, take one unit of the overall
-budget, then pick the best item whose chat is free (nothing of that chat in flight, its
-one-a-second push budget there, no backoff), and push it in its own task. So:
+id) order, and repeats: wait for a free in-flight slot and for the overall budget to have
+room, with the previous push already past it, then pick the best item whose chat is free
+(nothing of that chat in flight, its one-a-second push budget there, no backoff), and push
+it in its own task; the push takes its unit of budget right before its call goes on the
+wire (bot/delivery/pacing.py), so database reads in between cannot bunch calls up. So:
 
-- priorities hold across chats (the budget is taken before the choice, not after);
+- priorities hold across chats (one push at a time is on its way to the wire, and it is
+  chosen only when the budget has room);
 - within a chat nothing overtakes: one push in flight per chat, and an item that failed
   stays at the head of its chat until it goes out;
 - a slow or hanging Telegram fills the in-flight slots and nothing else: the poller only
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import heapq
 import logging
 import time
@@ -36,7 +40,7 @@ from aiogram import Bot
 from aiogram.utils.i18n import I18n
 
 from bot.delivery.api import Priority
-from bot.delivery.pacing import Pacer, Prepaid, prepaid
+from bot.delivery.pacing import Pacer, Push, current_push
 from bot.delivery.render import CountryTitle, Renderer
 from bot.locale import pick_locale
 from bot.notify import Notifier, Outcome, Result
@@ -102,7 +106,7 @@ class Delivery:
         self._broadcast_texts: dict[int, str] = {}
         self._dirty: set[int] = set()  # broadcasts whose progress changed
         self._next_ephemeral = -1
-        self._spare = False  # a unit of budget taken for a push that needed no call
+        self._to_wire: Push | None = None  # the push chosen last, until it has its budget
         self._slots = asyncio.Semaphore(max_in_flight)
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -342,7 +346,10 @@ class Delivery:
                 except BaseException:
                     self._slots.release()
                     raise
-                task = asyncio.create_task(self._send(item), name=f"push {item.id}")
+                push = Push(lambda: None)
+                push.on_budget = functools.partial(self._past_budget, push)
+                self._to_wire = push  # no other choice until this one has its budget
+                task = asyncio.create_task(self._send(item, push), name=f"push {item.id}")
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
             except asyncio.CancelledError:
@@ -354,23 +361,20 @@ class Delivery:
     async def _next(self) -> _Item:
         while True:
             self._wake.clear()
-            if self._pick() is not None:
-                if self._spare:
-                    self._spare = False  # at most one unit carried: never a burst
-                else:
-                    await self._pacer.acquire()  # the budget first, then the choice
-                item = self._pick()
-                if item is not None:
-                    return item
-                continue
-            timeout = IDLE_CHECK if self._items else None
+            timeout: float | None = None  # the push on its way to the wire wakes us
+            if self._to_wire is None:
+                timeout = self._pacer.room_in()
+                if timeout == 0:
+                    item = self._pick()
+                    if item is not None:
+                        return item
+                    timeout = IDLE_CHECK if self._items else None
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
                     await self._wake.wait()
 
-    async def _send(self, item: _Item) -> None:
-        paid = Prepaid()
-        token = prepaid.set(paid)
+    async def _send(self, item: _Item, push: Push) -> None:
+        token = current_push.set(push)
         settled = _Settled.RETRY
         retry_after: float | None = None
         try:
@@ -378,9 +382,8 @@ class Delivery:
         except Exception:
             log.exception("push %s (%s) to chat %s failed", item.id, item.kind, item.chat_id)
         finally:
-            prepaid.reset(token)
-            if paid.calls == 0:
-                self._spare = True  # e.g. a card that already shows its latest state
+            current_push.reset(token)
+            self._past_budget(push)  # e.g. a card that already showed its latest state
             self._busy.discard(item.chat_id)
             self._slots.release()
         if settled is _Settled.DONE:
@@ -396,6 +399,11 @@ class Delivery:
                 self._backoff[item.chat_id] = time.monotonic() + delay
         self._push_head(item.chat_id)
         self._wake.set()
+
+    def _past_budget(self, push: Push) -> None:
+        if self._to_wire is push:
+            self._to_wire = None
+            self._wake.set()
 
     async def _tick(self) -> None:
         """Broadcast progress, edited into the admin's chat every `progress_every`."""
