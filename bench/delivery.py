@@ -189,8 +189,11 @@ async def main() -> int:
     parser.add_argument("--n", type=int, default=500)
     parser.add_argument("--interval", type=float, default=2.0)
     parser.add_argument("--cycles", type=int, default=5)
+    parser.add_argument(
+        "--burst-interval", type=float, default=1.0, help="SMS_POLL_INTERVAL of the burst"
+    )
     args = parser.parse_args()
-    ok = await burst(args.codes, args.max_rps, args.interval)
+    ok = await burst(args.codes, args.max_rps, args.burst_interval)
     ok &= await slow_telegram(args.n, args.interval, args.cycles)
     return 0 if ok else 1
 

@@ -4,8 +4,8 @@
   second ever holds more than TELEGRAM_MAX_RPS + 1 sends (a bucket of capacity N would let
   2N through in a second after a quiet spell). Every counted call takes from it right
   before it goes on the wire (the session middleware), delivery's pushes and the
-  handlers' answers alike; the sender keeps its priorities by handing the wire one push
-  at a time, when the bucket has room.
+  handlers' answers alike, first come first served; the sender keeps its priorities by
+  letting only a few chosen pushes wait for it at a time.
 - Per chat (pushes only): one bucket of capacity 1 draining one a second per chat.
 - A 429 pauses everything counted for its retry_after.
 """
@@ -75,7 +75,6 @@ class Pacer:
         self._per_chat_every = per_chat_every
         self._chats: dict[int, AsyncLimiter] = {}
         self._paused_until = 0.0  # time.monotonic()
-        self._last_unit = 0.0  # when the overall bucket last gave a unit
         self.pauses = 0  # 429s seen (observability, bench)
 
     def pause(self, seconds: float) -> None:
@@ -89,14 +88,6 @@ class Pacer:
     def paused_for(self) -> float:
         return max(0.0, self._paused_until - time.monotonic())
 
-    def room_in(self) -> float:
-        """Seconds until a counted call would go on the wire (0: now)."""
-        paused = self.paused_for()
-        if paused > 0:
-            return paused
-        if self._overall.has_capacity():
-            return 0.0
-        return max(0.001, self._last_unit + 1.0 / self.max_rps - time.monotonic())
 
     async def acquire(self) -> None:
         """One unit of the overall budget (after any 429 pause)."""
@@ -104,7 +95,6 @@ class Pacer:
         while (wait := self.paused_for()) > 0:  # noqa: ASYNC110
             await asyncio.sleep(wait)
         await self._overall.acquire()
-        self._last_unit = time.monotonic()
 
     def chat_ready(self, chat_id: int) -> bool:
         limiter = self._chats.get(chat_id)

@@ -2,14 +2,15 @@
 
 Work comes in through the `Tell` API (bot/delivery/api.py) and, when durable, is a row in
 the `outbox` table first. The loop keeps an index of what is owed, per chat in (priority,
-id) order, and repeats: wait for a free in-flight slot and for the overall budget to have
-room, with the previous push already past it, then pick the best item whose chat is free
-(nothing of that chat in flight, its one-a-second push budget there, no backoff), and push
-it in its own task; the push takes its unit of budget right before its call goes on the
-wire (bot/delivery/pacing.py), so database reads in between cannot bunch calls up. So:
+id) order, and repeats: wait for a free in-flight slot and until fewer than TO_WIRE
+pushes are still waiting for their unit of budget, then pick the best item whose chat is
+free (nothing of that chat in flight, its one-a-second push budget there, no backoff), and
+push it in its own task; the push takes its unit of budget right before its call goes on
+the wire (bot/delivery/pacing.py, first come first served), so database reads before it
+cannot bunch calls up. So:
 
-- priorities hold across chats (one push at a time is on its way to the wire, and it is
-  chosen only when the budget has room);
+- priorities hold across chats: an urgent push waits behind at most TO_WIRE - 1 others
+  already chosen (~0.1 s at 25 a second), never behind the queue;
 - within a chat nothing overtakes: one push in flight per chat, and an item that failed
   stays at the head of its chat until it goes out;
 - a slow or hanging Telegram fills the in-flight slots and nothing else: the poller only
@@ -52,6 +53,7 @@ from storage.outbox import OutboxRow
 log = logging.getLogger(__name__)
 
 MAX_IN_FLIGHT = 50  # pushes awaiting Telegram at once (aiogram's pool holds 100)
+TO_WIRE = 3  # pushes chosen and still waiting for their unit of the overall budget
 CALL_TIMEOUT = 30.0  # seconds one push may take before it is tried again
 MAX_BACKOFF = 30.0
 PROGRESS_EVERY = 2.0  # seconds between two edits of a broadcast's progress
@@ -106,7 +108,7 @@ class Delivery:
         self._broadcast_texts: dict[int, str] = {}
         self._dirty: set[int] = set()  # broadcasts whose progress changed
         self._next_ephemeral = -1
-        self._to_wire: Push | None = None  # the push chosen last, until it has its budget
+        self._to_wire: set[Push] = set()  # chosen, not yet given their unit of budget
         self._slots = asyncio.Semaphore(max_in_flight)
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -348,7 +350,7 @@ class Delivery:
                     raise
                 push = Push(lambda: None)
                 push.on_budget = functools.partial(self._past_budget, push)
-                self._to_wire = push  # no other choice until this one has its budget
+                self._to_wire.add(push)
                 task = asyncio.create_task(self._send(item, push), name=f"push {item.id}")
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
@@ -361,14 +363,12 @@ class Delivery:
     async def _next(self) -> _Item:
         while True:
             self._wake.clear()
-            timeout: float | None = None  # the push on its way to the wire wakes us
-            if self._to_wire is None:
-                timeout = self._pacer.room_in()
-                if timeout == 0:
-                    item = self._pick()
-                    if item is not None:
-                        return item
-                    timeout = IDLE_CHECK if self._items else None
+            timeout: float | None = None  # a push getting its budget wakes us
+            if len(self._to_wire) < TO_WIRE:
+                item = self._pick()
+                if item is not None:
+                    return item
+                timeout = IDLE_CHECK if self._items else None
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
                     await self._wake.wait()
@@ -401,8 +401,8 @@ class Delivery:
         self._wake.set()
 
     def _past_budget(self, push: Push) -> None:
-        if self._to_wire is push:
-            self._to_wire = None
+        if push in self._to_wire:
+            self._to_wire.discard(push)
             self._wake.set()
 
     async def _tick(self) -> None:
