@@ -24,7 +24,8 @@ def load_settings() -> Settings | None:
         return None
 
 
-async def serve(settings: Settings) -> None:
+async def serve(settings: Settings) -> str | None:
+    """Run until a signal; returns why it stopped on its own (another poller), if so."""
     from bot.app import build_app
 
     app = await build_app(settings)
@@ -33,9 +34,13 @@ async def serve(settings: Settings) -> None:
     gc.collect()
     gc.freeze()
     try:
-        await app.run_polling()
+        if settings.webhook_mode:
+            await app.run_webhook()
+        else:
+            await app.run_polling()
     finally:
         await app.close()
+    return app.exit_reason
 
 
 def main() -> int:
@@ -47,13 +52,20 @@ def main() -> int:
     except CataloguesNotCompiled as exc:
         print(exc, file=sys.stderr)
         return 2
-    setup_logging(settings.log_level, secrets=[settings.bot_token, settings.smsman_token])
+    setup_logging(
+        settings.log_level,
+        secrets=[settings.bot_token, settings.smsman_token, settings.webhook_secret],
+    )
+    reason = None
     try:
-        asyncio.run(serve(settings))
+        reason = asyncio.run(serve(settings))
     except KeyboardInterrupt:
         pass
     except CurrencyChanged as exc:
         print(exc, file=sys.stderr)
+        return 2
+    if reason is not None:
+        print(reason, file=sys.stderr)
         return 2
     logging.getLogger("bot").info("stopped cleanly")
     return 0

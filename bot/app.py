@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,11 +14,17 @@ from aiogram.client.default import DefaultBotProperties
 from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
 from aiogram.enums import ParseMode
+from aiogram.exceptions import TelegramAPIError
+from aiogram.fsm.storage.base import BaseEventIsolation, BaseStorage, DefaultKeyBuilder
+from aiogram.fsm.storage.redis import RedisStorage
 from aiogram.utils.i18n import I18n
+from redis.asyncio import Redis
 
 from bot.delivery.pacing import Paced, Pacer
 from bot.delivery.service import Delivery
+from bot.http import HttpServer, webhook_params
 from bot.poller import PROBE_TIMEOUT, Poller
+from bot.polling import PollConflict
 from bot.services.access import Access
 from bot.services.admin import AdminService
 from bot.services.catalogue import CatalogueService
@@ -27,6 +34,7 @@ from bot.services.pricing import Pricing
 from bot.services.users import UserService
 from bot.settings import Settings
 from bot.smsman.client import SmsManClient
+from bot.smsman.shared_gate import SharedCallGate, budget_prefix
 from bot.ui.i18n import make_i18n
 from bot.ui.menus import Menus
 from handlers import get_routers
@@ -51,6 +59,9 @@ class App:
     delivery: Delivery
     i18n: I18n
     in_flight: InFlight
+    redis: Redis | None = None
+    shared_gate: SharedCallGate | None = None
+    exit_reason: str | None = None  # why it stopped on its own (exit status 2)
     _background: set[asyncio.Task[None]] = field(default_factory=set)
 
     async def on_startup(self) -> None:
@@ -87,13 +98,51 @@ class App:
             log.warning("could not warm the catalogue: %s", type(exc).__name__)
 
     async def run_polling(self) -> None:
-        await self.dp.start_polling(self.bot, handle_signals=True, close_bot_session=False)
+        """Long polling, plus the HTTP server (health, metrics) when HTTP_PORT is set."""
+        server = None
+        if self.settings.http_port is not None:
+            server = HttpServer(self, webhook=False)
+            await server.start()
+        try:
+            await self.dp.start_polling(self.bot, handle_signals=True, close_bot_session=False)
+        finally:
+            if server is not None:
+                await server.stop()
+
+    def on_poll_conflict(self, reason: str) -> None:
+        """Another poller or a webhook (bot/polling.py): stop polling, exit with 2."""
+        self.exit_reason = reason
+        self._spawn(self.dp.stop_polling())
+
+    async def run_webhook(self) -> None:
+        """Serve /telegram until SIGTERM or SIGINT. The webhook is set once the server
+        listens; it stays set at exit, since other replicas keep serving it."""
+        server = HttpServer(self, webhook=True)
+        await server.start()  # runs the dispatcher's startup hooks first
+        try:
+            try:
+                await self.bot.set_webhook(**webhook_params(self))
+            except TelegramAPIError as exc:  # e.g. a port Telegram does not post to
+                self.exit_reason = f"Telegram refused WEBHOOK_URL: {exc.message}"
+                return
+            log.info("webhook set; serving updates")
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop.set)
+            await stop.wait()
+        finally:
+            await server.stop()  # runs the dispatcher's shutdown hooks
 
     async def close(self) -> None:
         await self.catalogue.close()
         await self.client.close()
         await self.bot.session.close()
         await self.db.close()
+        if self.shared_gate is not None:
+            await self.shared_gate.drain()  # give back the last slots before closing Redis
+        if self.redis is not None:
+            await self.redis.aclose()
 
 
 def _log_death(task: asyncio.Task[None]) -> None:
@@ -109,6 +158,11 @@ async def build_app(settings: Settings) -> App:
     # pauses them all (bot/delivery/pacing.py).
     pacer = Pacer(settings.telegram_max_rps)
     session.middleware(Paced(pacer))
+    conflict = PollConflict(lambda reason: app.on_poll_conflict(reason))
+    if not settings.webhook_mode:
+        session.middleware(conflict)
+    redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
+    gate = _shared_gate(redis, settings) if redis is not None else None
     bot = Bot(
         token=settings.bot_token.get_secret_value(),
         session=session,
@@ -127,6 +181,7 @@ async def build_app(settings: Settings) -> App:
         max_concurrency=settings.smsman_max_concurrency,
         max_rps=settings.smsman_max_rps,
         currency=settings.currency,
+        gate=gate,
     )
     access = Access(settings)
     catalogue = CatalogueService(client, settings.popular_countries)
@@ -161,7 +216,7 @@ async def build_app(settings: Settings) -> App:
         # for all of them before it counts as lost.
         probe_timeout=max(PROBE_TIMEOUT, 10 * settings.smsman_timeout),
     )
-    dp = Dispatcher(storage=DatabaseFsmStorage(db))
+    dp = _dispatcher(redis, db)
     in_flight = InFlight()
     users = UserService(settings, db, client)
     users.on_returned = orders.user_returned
@@ -180,6 +235,8 @@ async def build_app(settings: Settings) -> App:
         delivery=delivery,
         i18n=i18n,
         in_flight=in_flight,
+        redis=redis,
+        shared_gate=gate,
     )
     dp.startup.register(app.on_startup)
     dp.shutdown.register(app.on_shutdown)
@@ -197,3 +254,25 @@ async def build_app(settings: Settings) -> App:
         menus=Menus(catalogue, pricing, settings),
     )
     return app
+
+
+def _dispatcher(redis: Redis | None, db: Database) -> Dispatcher:
+    """FSM in the database for one process; in Redis, with its event isolation (one update
+    of a chat at a time over every replica), when REDIS_URL is set."""
+    storage: BaseStorage = DatabaseFsmStorage(db)
+    isolation: BaseEventIsolation | None = None
+    if redis is not None:
+        # Keys carry the bot's id: several bots may share one Redis.
+        redis_storage = RedisStorage(redis, key_builder=DefaultKeyBuilder(with_bot_id=True))
+        storage, isolation = redis_storage, redis_storage.create_isolation()
+    return Dispatcher(storage=storage, events_isolation=isolation)
+
+
+def _shared_gate(redis: Redis, settings: Settings) -> SharedCallGate:
+    return SharedCallGate(
+        redis,
+        prefix=budget_prefix(settings.smsman_token.get_secret_value()),
+        max_concurrency=settings.smsman_max_concurrency,
+        max_rps=settings.smsman_max_rps,
+        lease=settings.smsman_timeout + 10,  # longer than any call may last
+    )

@@ -42,6 +42,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
+from bot import metrics
 from bot.services.orders import OrderService, PollOutcome, StepResult
 from bot.smsman.errors import ProviderUnavailable, SmsManError
 from storage.models import Order, OrderStatus
@@ -311,6 +312,7 @@ class Poller:
     def _dispatch(self, entry: _Entry, probe: bool) -> None:
         due = entry.due
         lag = self.clock() - due
+        metrics.POLL_LAG.observe(max(0.0, lag))
         if lag > max(1.0, self._interval) and self.breaker.state is Breaker.CLOSED:
             self._warn_cap(lag)
         entry.running = True

@@ -7,12 +7,16 @@ import re
 from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from yarl import URL
 
 from storage.engine import normalize_url
+
+_WEBHOOK_SECRET_RE = re.compile(r"[A-Za-z0-9_-]{1,256}")
+_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
 DEFAULT_POPULAR_COUNTRIES = ("RU", "UA", "KZ", "US", "GB", "ID", "PH", "IN", "BR", "VN")
 # What @BotFather hands out: the bot's numeric id, a colon, then letters, digits, _ and -.
@@ -63,6 +67,57 @@ class Settings(BaseSettings):
     )
     purchases_per_minute: int = Field(default=5, ge=1, le=1000)
     multiple_sms: bool = False
+    redis_url: str = ""
+    webhook_url: str = ""
+    webhook_secret: SecretStr = SecretStr("")
+    http_host: str = "127.0.0.1"
+    http_port: int | None = Field(default=None, ge=1, le=65535)
+
+    @field_validator("http_port", mode="before")
+    @classmethod
+    def _empty_port(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis(cls, value: str) -> str:
+        value = value.strip()
+        if value and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must look like redis://host:port/db (or be empty)")
+        return value
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            return value
+        parts = urlsplit(value)
+        # http:// only to a loopback host: a local Bot API server (or the tests' fake).
+        loopback = parts.scheme == "http" and parts.hostname in _LOOPBACK
+        if not parts.hostname or not (parts.scheme == "https" or loopback):
+            raise ValueError("must be an https:// URL (Telegram posts only to HTTPS)")
+        return value
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _secret(cls, value: SecretStr) -> SecretStr:
+        secret = value.get_secret_value()
+        if secret and not _WEBHOOK_SECRET_RE.fullmatch(secret):
+            raise ValueError("must be 1-256 characters of A-Z a-z 0-9 _ -")
+        return value
+
+    @model_validator(mode="after")
+    def _webhook_needs(self) -> Settings:
+        if self.webhook_url:
+            problems = []
+            if not self.webhook_secret.get_secret_value():
+                problems.append("WEBHOOK_SECRET is not set: it is required with WEBHOOK_URL")
+            if self.http_port is None:
+                problems.append("HTTP_PORT is not set: it is required with WEBHOOK_URL")
+            if problems:
+                raise ValueError("\n".join(problems))
+        return self
 
     @field_validator("admin_ids", "allowed_user_ids", "popular_countries", mode="before")
     @classmethod
@@ -122,6 +177,10 @@ class Settings(BaseSettings):
         return value
 
     @property
+    def webhook_mode(self) -> bool:
+        return bool(self.webhook_url)
+
+    @property
     def is_shop(self) -> bool:
         return self.access_mode is AccessMode.SHOP
 
@@ -146,7 +205,10 @@ def describe_errors(error: ValidationError) -> list[str]:
     lines = []
     for item in error.errors():
         name = str(item["loc"][0]).upper() if item["loc"] else "settings"
-        if item["type"] == "missing":
+        if not item["loc"] and item["type"] == "value_error":
+            # A rule over several settings: its message names them, one line each.
+            lines.extend(str(item["ctx"]["error"]).splitlines())
+        elif item["type"] == "missing":
             lines.append(f"{name} is not set: copy .env.example to .env and fill it in")
         else:
             lines.append(f"{name} is invalid: {item['msg']}")

@@ -30,8 +30,8 @@ class SandboxSettings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8765, ge=0, le=65535)  # 0: any free port
-    bot_token: str = "100000:sandbox-not-a-real-token"  # noqa: S105
-    smsman_token: str = "sandbox-key"  # noqa: S105
+    bot_token: str = "100000:sandbox-not-a-real-token"
+    smsman_token: str = "sandbox-key"
     # seconds until a code arrives, "MIN-MAX"
     code_delay: str = "5-60"
     no_code_every: int = Field(default=6, ge=0)  # every Nth number never gets a code

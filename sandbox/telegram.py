@@ -33,6 +33,14 @@ A call beyond either answers 429 "Too Many Requests: retry after N" with
 `fake.errors`: the bot caused it. `FakeTelegram(enforce_limits=False)` turns them off.
 `fake.slow(methods, seconds)` makes those calls take that long before Telegram acts on
 them (a call abandoned meanwhile is never acted on); the limits count a call on arrival.
+
+Webhooks: after `setWebhook` the fake POSTs each update (JSON, with the
+X-Telegram-Bot-Api-Secret-Token header) to the URL, like Telegram: again after a non-2xx
+answer or `webhook_timeout`, one chat's updates in order, up to max_connections at once;
+getUpdates answers 409 meanwhile. `fake.route_webhook([url1, url2])` spreads the posts
+over several replicas as a load balancer would; `fake.webhook_posts` records each post.
+Unlike Telegram (HTTPS on 443, 80, 88 or 8443 only), `http://` to a loopback host is
+accepted so that tests need no TLS.
 """
 
 from __future__ import annotations
@@ -52,6 +60,8 @@ from http import HTTPStatus
 from types import TracebackType
 from typing import Any, Self
 
+import aiohttp
+import yarl
 from aiohttp import web
 
 from sandbox.telegram_html import EntityParseError, parse_html, trim_text, utf16_len
@@ -64,6 +74,7 @@ __all__ = [
     "FakeTelegram",
     "FakeUser",
     "MessageSnapshot",
+    "WebhookPost",
 ]
 
 log = logging.getLogger(__name__)
@@ -84,6 +95,14 @@ CONFLICT = (
     "Conflict: terminated by other getUpdates request; "
     "make sure that only one bot instance is running"
 )
+WEBHOOK_ACTIVE = (
+    "Conflict: can't use getUpdates method while webhook is active; "
+    "use deleteWebhook to delete the webhook first"
+)
+SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
+_SECRET_RE = re.compile(r"[A-Za-z0-9_-]{1,256}")
+WEBHOOK_PORTS = frozenset({443, 80, 88, 8443})  # the only ports Telegram posts to
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 # Fields whose form-encoded value is a JSON document.
 JSON_FIELDS = frozenset(
@@ -201,6 +220,21 @@ class Call:
     @property
     def ok(self) -> bool:
         return self.status == HTTPStatus.OK
+
+
+@dataclass
+class WebhookPost:
+    """One POST of an update to a webhook target, and how it ended."""
+
+    update_id: int
+    target: str
+    time: float  # time.monotonic() when it was sent
+    status: int | None = None  # None: no HTTP answer (refused, reset, timed out)
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status is not None and 200 <= self.status < 300
 
 
 @dataclass(frozen=True)
@@ -399,6 +433,19 @@ def _default_description(status: int, retry_after: int) -> str:
         return HTTPStatus(status).phrase
     except ValueError:
         return f"Error {status}"
+
+
+def _update_chat(update: JSONDict) -> int:
+    """The chat (or user) an update belongs to, for per-chat ordering; 0 if none."""
+    payload = next(value for key, value in update.items() if key != "update_id")
+    if isinstance(payload, dict):
+        for path in (("chat", "id"), ("message", "chat", "id"), ("from", "id")):
+            node: Any = payload
+            for key in path:
+                node = node.get(key) if isinstance(node, dict) else None
+            if isinstance(node, int):
+                return node
+    return 0
 
 
 def _now() -> int:
@@ -784,9 +831,23 @@ class FakeTelegram:
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
 
+        # Webhook: while set, updates are POSTed (see setWebhook below) and getUpdates is 409.
+        self.webhook: JSONDict | None = None  # url, secret_token, max_connections, ...
+        self.webhook_targets: list[str] = []  # route_webhook(): the load balancer's replicas
+        self.webhook_timeout = 5.0  # seconds Telegram waits for the answer to one POST
+        self.webhook_retry_delay = 0.2  # seconds before a failed update is posted again
+        self.webhook_posts: list[WebhookPost] = []
+        self._webhook_task: asyncio.Task[None] | None = None
+        self._webhook_inflight: dict[int, int] = {}  # update_id -> chat id
+        self._webhook_next_try: dict[int, float] = {}  # update_id -> loop time
+        self._webhook_rr = 0
+        self._webhook_error: tuple[int, str] | None = None
+        self._webhook_session: Any = None
+
         handlers: dict[str, Callable[[Params, web.Request], Any]] = {
             "getMe": self._get_me,
             "getUpdates": self._get_updates,
+            "setWebhook": self._set_webhook,
             "deleteWebhook": self._delete_webhook,
             "getWebhookInfo": self._get_webhook_info,
             "setMyCommands": self._set_my_commands,
@@ -832,6 +893,7 @@ class FakeTelegram:
     async def stop(self) -> None:
         self._closing = True
         self._poll_signal.notify()
+        await self._stop_webhook()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -1035,6 +1097,12 @@ class FakeTelegram:
                 start += 1
             best = max(best, end - start + 1)
         return best
+
+    def route_webhook(self, targets: Iterable[str]) -> None:
+        """Post webhook updates to these URLs in turn (a load balancer in front of several
+        replicas) instead of the URL given to setWebhook; an empty list undoes it."""
+        self.webhook_targets = list(targets)
+        self._poll_signal.notify()
 
     def put_update(self, update: JSONDict) -> int:
         """Queue a raw update ({"message": {...}} etc.); update_id is assigned if missing."""
@@ -1336,6 +1404,8 @@ class FakeTelegram:
             if not isinstance(allowed, list) or not all(isinstance(a, str) for a in allowed):
                 raise _bad("can't parse allowed_updates JSON object")
             self._allowed = frozenset(allowed) if allowed else None
+        if self.webhook is not None:
+            raise _ApiFail(409, WEBHOOK_ACTIVE)
         self._confirm(p.get("offset"))
 
         ticket = object()
@@ -1346,6 +1416,8 @@ class FakeTelegram:
         deadline = loop.time() + timeout
         try:
             while True:
+                if self.webhook is not None:
+                    raise _ApiFail(409, WEBHOOK_ACTIVE)
                 if self._active_poll is not ticket:
                     transport = request.transport
                     gone = transport is None or transport.is_closing()
@@ -1458,14 +1530,165 @@ class FakeTelegram:
     def _get_me(self, p: Params, request: web.Request) -> JSONDict:
         return self.bot_user
 
-    def _delete_webhook(self, p: Params, request: web.Request) -> bool:
+    async def _delete_webhook(self, p: Params, request: web.Request) -> bool:
         if p.get("drop_pending_updates"):
             self._updates.clear()
             self._held.clear()
+        self.webhook = None
+        await self._stop_webhook()
         return True
 
     def _get_webhook_info(self, p: Params, request: web.Request) -> JSONDict:
-        return {"url": "", "has_custom_certificate": False, "pending_update_count": 0}
+        pending = len(self._updates)
+        if self.webhook is None:
+            return {"url": "", "has_custom_certificate": False, "pending_update_count": pending}
+        info: JSONDict = {
+            "url": self.webhook["url"],
+            "has_custom_certificate": False,
+            "pending_update_count": pending,
+            "max_connections": self.webhook["max_connections"],
+        }
+        if self.webhook.get("allowed_updates") is not None:
+            info["allowed_updates"] = self.webhook["allowed_updates"]
+        if self._webhook_error is not None:
+            info["last_error_date"], info["last_error_message"] = self._webhook_error
+        return info
+
+    async def _set_webhook(self, p: Params, request: web.Request) -> bool:
+        """Like Telegram: an HTTPS URL on port 443, 80, 88 or 8443; an empty URL removes the
+        webhook. Unlike Telegram (the one leniency of this fake, for tests on one machine):
+        `http://` is accepted for a loopback host (127.0.0.1, localhost, ::1) on any port,
+        as a local Bot API server (`telegram-bot-api --local`) accepts it."""
+        url = str(p.get("url") or "")
+        if not url:
+            return await self._delete_webhook(p, request)
+        try:
+            parsed = yarl.URL(url)
+            host, port = parsed.host, parsed.port
+        except ValueError:
+            raise _bad("invalid webhook URL specified") from None
+        if not host or not parsed.is_absolute():
+            raise _bad("invalid webhook URL specified")
+        if parsed.scheme == "https":
+            if port not in WEBHOOK_PORTS:
+                raise _bad("bad webhook: Webhook can be set up only on ports 80, 88, 443 or 8443")
+        elif not (parsed.scheme == "http" and host in LOOPBACK_HOSTS):
+            raise _bad("bad webhook: An HTTPS URL must be provided for webhook")
+        secret = p.get("secret_token")
+        if secret is not None and secret != "" and not _SECRET_RE.fullmatch(str(secret)):
+            raise _bad("secret token contains unallowed characters")
+        max_connections = p.get("max_connections") or 40
+        if not 1 <= int(max_connections) <= 100:
+            raise _bad("invalid max_connections specified")
+        allowed = p.get("allowed_updates")
+        if allowed is not None:
+            if not isinstance(allowed, list) or not all(isinstance(a, str) for a in allowed):
+                raise _bad("can't parse allowed_updates JSON object")
+            self._allowed = frozenset(allowed) if allowed else None
+        if p.get("drop_pending_updates"):
+            self._updates.clear()
+            self._held.clear()
+        self.webhook = {
+            "url": url,
+            "secret_token": str(secret or ""),
+            "max_connections": int(max_connections),
+            "allowed_updates": allowed,
+        }
+        self._webhook_error = None
+        if self._active_poll is not None:
+            self._poll_signal.notify()  # a running long poll ends with 409
+        if self._webhook_task is None or self._webhook_task.done():
+            self._webhook_task = asyncio.create_task(self._deliver_webhook())
+        self._poll_signal.notify()
+        return True
+
+    # ------------------------------------------------------------------ webhook delivery
+
+    async def _stop_webhook(self) -> None:
+        task, self._webhook_task = self._webhook_task, None
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        if self._webhook_session is not None:
+            await self._webhook_session.close()
+            self._webhook_session = None
+        self._webhook_inflight.clear()
+
+    async def _deliver_webhook(self) -> None:
+        """Post pending updates like Telegram: in order per chat (one in flight per chat),
+        up to max_connections at once, each again after a non-2xx answer or a timeout."""
+        self._webhook_session = aiohttp.ClientSession()
+        posts: set[asyncio.Task[None]] = set()
+        loop = asyncio.get_running_loop()
+        try:
+            while self.webhook is not None and not self._closing:
+                busy_chats = set(self._webhook_inflight.values())
+                soonest: float | None = None
+                for update in self._available(100):
+                    update_id = update["update_id"]
+                    if update_id in self._webhook_inflight:
+                        continue
+                    chat = _update_chat(update)
+                    if chat in busy_chats:
+                        continue
+                    busy_chats.add(chat)  # later updates of this chat wait for this one
+                    not_before = self._webhook_next_try.get(update_id, 0.0)
+                    if not_before > loop.time():
+                        soonest = min(soonest or not_before, not_before)
+                        continue
+                    if len(self._webhook_inflight) >= self.webhook["max_connections"]:
+                        break
+                    self._webhook_inflight[update_id] = chat
+                    task = asyncio.create_task(self._post_update(update))
+                    posts.add(task)
+                    task.add_done_callback(posts.discard)
+                wait = 1.0 if soonest is None else max(0.005, soonest - loop.time())
+                await self._poll_signal.wait(wait)
+        finally:
+            for task in posts:
+                task.cancel()
+            await asyncio.gather(*posts, return_exceptions=True)
+
+    async def _post_update(self, update: JSONDict) -> None:
+        assert self.webhook is not None
+        update_id = update["update_id"]
+        if self.webhook_targets:
+            target = self.webhook_targets[self._webhook_rr % len(self.webhook_targets)]
+            self._webhook_rr += 1
+        else:
+            target = self.webhook["url"]
+        headers = {"Content-Type": "application/json"}
+        if self.webhook["secret_token"]:
+            headers[SECRET_HEADER] = self.webhook["secret_token"]
+        post = WebhookPost(update_id, target, time.monotonic())
+        self.webhook_posts.append(post)
+        self._last_activity = post.time
+        try:
+            async with self._webhook_session.post(
+                target,
+                data=json.dumps(update),
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=self.webhook_timeout),
+            ) as response:
+                await response.read()
+                post.status = response.status
+                if not post.ok:
+                    post.error = f"Wrong response from the webhook: {response.status}"
+        except TimeoutError:
+            post.error = "Read timeout expired"
+        except (aiohttp.ClientError, OSError) as exc:
+            post.error = f"Connection failed: {type(exc).__name__}"
+        finally:
+            self._webhook_inflight.pop(update_id, None)
+            self._last_activity = time.monotonic()
+        if post.ok:
+            self._webhook_next_try.pop(update_id, None)
+            self._updates[:] = [u for u in self._updates if u["update_id"] != update_id]
+        else:
+            self._webhook_error = (_now(), post.error)
+            loop = asyncio.get_running_loop()
+            self._webhook_next_try[update_id] = loop.time() + self.webhook_retry_delay
+        self._poll_signal.notify()
 
     def _scope_key(self, p: Params) -> tuple[str, str]:
         scope = p.get("scope") or {"type": "default"}

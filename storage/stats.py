@@ -58,6 +58,8 @@ _SALES = text(
     " WHERE l.kind = 'capture' AND l.created_at >= :since"
 )
 
+_ORDERS_BY_STATUS = text("SELECT status, COUNT(*) FROM orders GROUP BY status")
+
 
 class Stats:
     def __init__(self, db: Database) -> None:
@@ -87,6 +89,15 @@ class Stats:
             )
 
         return await self._db.read_snapshot(q)
+
+    async def orders_by_status(self) -> dict[str, int]:
+        """How many orders are in each state now (a state with none is absent)."""
+
+        async def q(conn: AsyncConnection) -> dict[str, int]:
+            found = await sql.rows(conn, _ORDERS_BY_STATUS)
+            return {str(status): int(count) for status, count in found}
+
+        return await self._db.read(q)
 
 
 async def _one_row(conn: AsyncConnection, stmt: TextClause, since: float) -> list[int]:

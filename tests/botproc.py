@@ -13,7 +13,9 @@ Or `async with BotProcess.for_fakes(...) as bot:` (started on entry, stopped on 
 The fakes must run on the caller's event loop (they answer the process over HTTP).
 "Ready" means the process called getMe on the fake Telegram after this start: aiogram does
 that right after the startup hooks (orders reconciled, the poller running), just before its
-first getUpdates. Without a FakeTelegram, the log line aiogram writes then is awaited.
+first getUpdates; in webhook mode (WEBHOOK_URL set), that setWebhook succeeded, which the
+bot calls once its HTTP server listens. Without a FakeTelegram, the log line aiogram
+writes then is awaited.
 `rss_kb()`, `peak_rss_kb()` and `cpu_seconds()` read /proc for benchmarks. Below the
 class: the chat steps these tests share (`buy`, `code_messages`, ...).
 """
@@ -23,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Mapping
@@ -178,8 +181,10 @@ class BotProcess:
 
     def _ready(self, calls_before: int) -> bool:
         if self.telegram is not None:
+            # Webhook mode: the webhook is set once the server listens (bot/app.py).
+            ready_call = "setWebhook" if self.settings.get("WEBHOOK_URL") else "getMe"
             calls = self.telegram.calls
-            return any(call.method == "getMe" for call in calls[calls_before:])
+            return any(call.method == ready_call and call.ok for call in calls[calls_before:])
         return READY_LINE in self.log_text(this_run=True)
 
     async def kill(self) -> int:
@@ -260,6 +265,23 @@ class BotProcess:
         pid = self._require().pid
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS  # utime, stime
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nobody listens on right now (for HTTP_PORT)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def webhook_settings(port: int, secret: str = "s3cret-Token_1") -> dict[str, Any]:
+    """Settings for webhook mode on `port` (http to loopback: see bot/settings.py)."""
+    return {
+        "webhook_url": f"http://127.0.0.1:{port}/telegram",
+        "webhook_secret": secret,
+        "http_host": "127.0.0.1",
+        "http_port": port,
+    }
 
 
 async def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.02) -> None:

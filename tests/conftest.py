@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -128,6 +129,39 @@ def bot_settings_on_each_engine(
         return make_settings(tmp_path, telegram, smsman, **overrides)
 
     return factory
+
+
+REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """Redis at 127.0.0.1:6379; the test is skipped (visibly, with the reason) when it is
+    unreachable, and fails instead when REQUIRE_REDIS=1 (.ci/run sets it)."""
+    try:
+        socket.create_connection((REDIS_HOST, REDIS_PORT), timeout=1).close()
+    except OSError:
+        reason = f"Redis at {REDIS_HOST}:{REDIS_PORT} is unreachable"
+        if os.environ.get("REQUIRE_REDIS") == "1":
+            pytest.fail(f"{reason} and REQUIRE_REDIS=1")
+        pytest.skip(f"{reason} (REQUIRE_REDIS=1 makes this a failure)")
+    return f"redis://{REDIS_HOST}:{REDIS_PORT}/0"
+
+
+@pytest.fixture
+async def redis_prefix(redis_url: str) -> AsyncIterator[str]:
+    """A key prefix of this test's own; its keys are deleted afterwards."""
+    from redis.asyncio import Redis
+
+    prefix = f"test:{uuid.uuid4().hex}"
+    yield prefix
+    client = Redis.from_url(redis_url)
+    try:
+        keys = [key async for key in client.scan_iter(match=f"{prefix}*")]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

@@ -53,9 +53,10 @@ def test_defaults_match_the_contract(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_lists_of_ids_and_secret_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ADMIN_IDS", "1, 22,333")
     monkeypatch.setenv("ALLOWED_USER_IDS", "")
-    settings = Settings(_env_file=None, bot_token="1:secret", smsman_token="k")  # type: ignore[call-arg]
+    settings = Settings(_env_file=None, bot_token="1:tokenvalue", smsman_token="k")  # type: ignore[call-arg]
     assert settings.admin_ids == [1, 22, 333] and settings.allowed_user_ids == []
-    assert "secret" not in repr(settings) and "secret" not in str(settings.model_dump())
+    assert "tokenvalue" not in repr(settings)
+    assert "tokenvalue" not in str(settings.model_dump())
 
 
 def test_one_clear_line_per_problem() -> None:
@@ -137,3 +138,58 @@ def test_http_is_allowed_on_loopback_only(url: str) -> None:
 def test_http_elsewhere_is_refused(url: str) -> None:
     with pytest.raises(ValidationError):
         Settings(_env_file=None, bot_token="1:x", smsman_token="k", smsman_api_url=url)  # type: ignore[call-arg]
+
+
+def _settings(**values: object) -> Settings:
+    return Settings(_env_file=None, bot_token="1:x", smsman_token="k", **values)  # type: ignore[call-arg]
+
+
+def test_webhook_settings_defaults_and_rules() -> None:
+    settings = _settings()
+    assert settings.webhook_url == "" and settings.redis_url == ""
+    assert settings.http_host == "127.0.0.1" and settings.http_port is None
+    assert not settings.webhook_mode
+    assert _settings(http_port="").http_port is None
+    good = _settings(
+        webhook_url="https://bot.example.com/telegram", webhook_secret="a-Z_9", http_port=8080
+    )
+    assert good.webhook_mode and good.http_port == 8080
+    for bad in (
+        {"webhook_url": "http://bot.example.com/telegram", "webhook_secret": "s", "http_port": 1},
+        {"webhook_url": "https://bot.example.com/", "webhook_secret": "bad secret", "http_port": 1},
+        {"webhook_url": "https://bot.example.com/", "webhook_secret": "x" * 257, "http_port": 1},
+        {"webhook_url": "https://bot.example.com/", "http_port": 1},
+        {"webhook_url": "https://bot.example.com/", "webhook_secret": "s"},
+        {"redis_url": "localhost:6379"},
+        {"http_port": "99999"},
+    ):
+        with pytest.raises(ValidationError):
+            _settings(**bad)
+
+
+def test_webhook_without_secret_and_port_is_two_lines_and_exit_2(tmp_path: Path) -> None:
+    result = run_bot(
+        tmp_path, BOT_TOKEN="1:x", SMSMAN_TOKEN="k", WEBHOOK_URL="http://example.com/telegram"
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "WEBHOOK_URL is invalid: Value error,"
+        " must be an https:// URL (Telegram posts only to HTTPS)"
+    ]
+    result = run_bot(
+        tmp_path, BOT_TOKEN="1:x", SMSMAN_TOKEN="k", WEBHOOK_URL="https://example.com/telegram"
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "WEBHOOK_SECRET is not set: it is required with WEBHOOK_URL",
+        "HTTP_PORT is not set: it is required with WEBHOOK_URL",
+    ]
+    assert "1:x" not in result.stderr
+
+
+def test_every_setting_is_in_the_readme_and_env_example() -> None:
+    readme = (ROOT / "README.md").read_text()
+    example = (ROOT / ".env.example").read_text()
+    for name in Settings.model_fields:
+        assert name.upper() in readme, f"{name.upper()} missing from the README's table"
+        assert f"{name.upper()}=" in example, f"{name.upper()} missing from .env.example"

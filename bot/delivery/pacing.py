@@ -28,6 +28,8 @@ from aiogram.methods import GetUpdates, TelegramMethod
 from aiogram.methods.base import TelegramType
 from aiolimiter import AsyncLimiter
 
+from bot import metrics
+
 if TYPE_CHECKING:
     from aiogram import Bot
     from aiogram.methods import Response
@@ -88,7 +90,6 @@ class Pacer:
     def paused_for(self) -> float:
         return max(0.0, self._paused_until - time.monotonic())
 
-
     async def acquire(self) -> None:
         """One unit of the overall budget (after any 429 pause)."""
         # A loop, not an Event: another 429 may push the end of the pause further out.
@@ -126,7 +127,9 @@ class Paced(BaseRequestMiddleware):
         bot: Bot,
         method: TelegramMethod[TelegramType],
     ) -> Response[TelegramType]:
-        counted = type(method).__name__ in COUNTED
+        name = type(method).__name__
+        counted = name in COUNTED
+        polls = isinstance(method, GetUpdates)  # long polls are not sends
         own = current_push.get()
         attempt = 1
         while True:
@@ -137,13 +140,16 @@ class Paced(BaseRequestMiddleware):
                     if own.calls == 1:
                         own.on_budget()
             try:
-                return await make_request(bot, method)
+                response = await make_request(bot, method)
             except TelegramRetryAfter as exc:
+                metrics.TELEGRAM_429.labels(name).inc()
+                if not polls:
+                    metrics.TELEGRAM_REQUESTS.labels(name, "flood_wait").inc()
                 if counted:
                     self._pacer.pause(exc.retry_after)
                 if (
                     own is not None
-                    or isinstance(method, GetUpdates)  # the polling loop has its own backoff
+                    or polls  # the polling loop has its own backoff
                     or attempt >= self._attempts
                     or exc.retry_after > self._max_wait
                 ):
@@ -152,3 +158,11 @@ class Paced(BaseRequestMiddleware):
                 if not counted:  # counted ones wait in acquire(), behind the pause
                     await asyncio.sleep(exc.retry_after)
                 attempt += 1
+            except Exception as exc:
+                if not polls:
+                    metrics.TELEGRAM_REQUESTS.labels(name, type(exc).__name__).inc()
+                raise
+            else:
+                if not polls:
+                    metrics.TELEGRAM_REQUESTS.labels(name, "ok").inc()
+                return response

@@ -40,6 +40,7 @@ from typing import Any
 from aiogram import Bot
 from aiogram.utils.i18n import I18n
 
+from bot import metrics
 from bot.delivery.api import Priority
 from bot.delivery.pacing import Pacer, Push, current_push
 from bot.delivery.render import CountryTitle, Renderer
@@ -480,7 +481,10 @@ class Delivery:
             await self.card(order)  # the message was refused for good: the card shows it
         if not result.ok or result.message_id is None:
             return await self._settle(row, result)
-        await self._db.outbox.code_sent(row, code.id, result.message_id, self.clock())
+        now = self.clock()
+        if await self._db.outbox.code_sent(row, code.id, result.message_id, now):
+            metrics.CODES_DELIVERED.inc()
+            metrics.CODE_DELAY.observe(max(0.0, now - code.received_at))
         log.info("order %s user %s: code delivered", order.id, order.user_id)
         await self.card(order)
         return _Settled.DONE, None

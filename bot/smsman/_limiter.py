@@ -15,8 +15,17 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from typing import Protocol
 
 SPACING_MARGIN = 1.02
+
+
+class Gate(Protocol):
+    """What the client needs of a call budget (CallGate here, SharedCallGate via Redis)."""
+
+    async def acquire(self, *, urgent: bool = True) -> None: ...
+
+    def release(self) -> None: ...
 
 
 class CallGate:

@@ -29,8 +29,10 @@ from urllib.parse import quote, quote_plus
 import aiohttp
 import yarl
 
+from bot import metrics
+
 from . import _parse
-from ._limiter import CallGate
+from ._limiter import CallGate, Gate
 from .errors import ProviderUnavailable, SmsManError
 from .types import Application, Balance, Country, Limit, Number, Price, Sms, Status
 
@@ -59,9 +61,11 @@ class SmsManClient:
         retries: int = 3,
         backoff: float = 0.2,
         currency: str | None = None,
+        gate: Gate | None = None,
     ) -> None:
         """`currency`: sent as `currency` with get-prices, get-balance and get-number, so
-        costs and the balance come in it rather than in the account's currency."""
+        costs and the balance come in it rather than in the account's currency.
+        `gate`: the call budget to use instead of this process's own (Redis-shared)."""
         if timeout <= 0:
             raise ValueError("timeout must be positive")
         self._currency = None if currency is None else _currency(currency)
@@ -73,7 +77,7 @@ class SmsManClient:
         self._retries = retries
         self._backoff = backoff
         self._max_concurrency = max_concurrency
-        self._gate = CallGate(max_concurrency, max_rps)
+        self._gate: Gate = gate if gate is not None else CallGate(max_concurrency, max_rps)
         self._get_number_slots = asyncio.Semaphore(GET_NUMBER_CONCURRENCY)
         self._secrets = _spellings(token)
         self._session: aiohttp.ClientSession | None = None  # reads, keep-alive
@@ -277,6 +281,7 @@ class SmsManClient:
             outcome = "ok" if error is None else f"{type(error).__name__} {error.code}"
         finally:
             self._gate.release()
+            metrics.SMSMAN_CALLS.labels(method, outcome.split(" ", 1)[0]).inc()
             elapsed = (time.perf_counter() - started) * 1000
             log.debug("smsman %s %s %.0fms %s", "POST" if post else "GET", method, elapsed, outcome)
         if error is not None:
