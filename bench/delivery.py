@@ -145,13 +145,14 @@ async def slow_telegram(n: int, interval: float, cycles: int) -> bool:
                 smsman_max_concurrency=50,
             )
             await bot.start(timeout=60)
+            ready = time.monotonic()  # every order is polled now, then each interval
             try:
-                await asyncio.sleep(interval)
+                await asyncio.sleep(interval / 2)
                 for request in with_codes:
                     smsman.deliver_code(request, f"{request:09d}")
-                # Whole cycles, once the codes found have filled delivery's queue.
-                start = time.monotonic() + 2 * interval
-                window = (start, start + cycles * interval)
+                # Whole poll cycles (their bursts start just after ready + k x interval),
+                # once the codes found have filled delivery's queue with slow calls.
+                window = (ready + 2 * interval, ready + (2 + cycles) * interval)
                 await asyncio.sleep(window[1] - time.monotonic() + 0.5)
                 owed = len(with_codes) - len(code_times(telegram))
             finally:
