@@ -150,20 +150,27 @@ async def slow_telegram(n: int, interval: float, cycles: int) -> bool:
                 await asyncio.sleep(interval / 2)
                 for request in with_codes:
                     smsman.deliver_code(request, f"{request:09d}")
-                # Whole poll cycles (their bursts start just after ready + k x interval),
-                # once the codes found have filled delivery's queue with slow calls.
-                window = (ready + 2 * interval, ready + (2 + cycles) * interval)
-                await asyncio.sleep(window[1] - time.monotonic() + 0.5)
+                # Whole poll cycles, once the codes found have filled delivery's queue
+                # with slow calls: every waiting order is due at the same moment of each
+                # cycle, so the cycles are told apart by the quiet gaps between them.
+                settled = ready + 2 * interval
+                await asyncio.sleep(settled + (cycles + 1.5) * interval - time.monotonic())
                 owed = len(with_codes) - len(code_times(telegram))
             finally:
                 await bot.stop()
             if "Traceback" in bot.log_text():
                 print(bot.log_text()[-3000:], file=sys.stderr)
-            polls = [
+            times = sorted(
                 c.time
                 for c in smsman.calls_to("get-sms")
-                if int(c.params["request_id"]) in waiting and window[0] <= c.time < window[1]
-            ]
+                if int(c.params["request_id"]) in waiting and c.time >= settled
+            )
+            starts = [t for i, t in enumerate(times) if i == 0 or t - times[i - 1] > interval / 4]
+            if len(starts) < cycles + 1:
+                print(f"slow Telegram: only {len(starts)} poll cycles seen", file=sys.stderr)
+                return False
+            window = (starts[0], starts[cycles])
+            polls = [t for t in times if window[0] <= t < window[1]]
             rate = len(polls) / (window[1] - window[0])
             ideal = n / interval
             slow_calls = Counter(
