@@ -20,12 +20,47 @@ Aims (issue 5), N = 500, interval 2 s, cap not binding: p99 <= interval + 0.5 s;
 rate within 5 % of N / interval; peak RSS <= idle + 40 MB. `--capped RPS` adds a run of
 500 orders with SMSMAN_MAX_RPS=RPS, which binds: the rate must never exceed it.
 Exit status 0 when every aim holds.
+
+`--budget` runs only the budget scenario (issue 16), once per scheduler, the same seed, so
+the same orders and the same code arrival times for both: `SMS_POLL_SCHEDULER=fixed`
+(earliest due first, as before) and `learned` (bot/schedule.py, the default). The bench
+sets that variable as an operator could; nothing else differs. SMSMAN_MAX_RPS=20, 100 ms
+per call, SMS_POLL_INTERVAL=3, concurrency 10. Codes come 60% lognormal (median 40 s,
+`--sigma` 1), 15% uniform over 2-15 min, 25% never; 2,000 earlier orders of that mix are
+written to the database first (the history the bot learns from at start).
+
+Why a steady state, and why this window: bought all at once, 1,000 orders would be alike
+at every moment (same age), and no schedule could tell them apart; the gain the issue is
+after exists because orders of different ages are waiting together. So the run starts
+from the steady state of purchases at the rate that keeps ~1,000 orders waiting (about
+2.4 a second: most of them will never get a code, they wait the full 20 minutes):
+orders bought over the last 20 minutes whose code has not come yet are written with their
+real ages (and their requests aged alike at the fake), and new users keep buying through
+the chat (/start, Buy) at that rate during the run, their get-number taking budget like
+any purchase. A real-time run to the end of every order's 20 minutes would take half an
+hour per scheduler, so only codes that become available in a window are measured:
+`--settle` 60 s after the bot is ready (its start-up sweep of every order, ~N/B), for
+`--window` 180 s; then up to `--flush` 150 s more for them to be delivered. Codes still
+undelivered then count with the time they waited so far (a lower bound, against the
+scheduler that left them). Both schedulers see exactly the same window of arrivals.
+Printed per scheduler: mean, p90, p99, max delay from code available at the fake SMS-Man
+to the message at the fake Telegram; SMS-Man calls per second over the window (all
+methods, and get-sms alone) and the busiest one-second window of calls over the whole run;
+bot CPU seconds. Aims: learned mean <= half of fixed, p99 no worse, never above the cap.
+About 6 minutes per scheduler. A yardstick for the mean: a schedule that knows an order's
+age and kind, however clever, polls each at a rate it picks; with this mix the best such
+rates for the mean alone (each order's rate proportional to the square root of its chance
+of a code per second) give x0.63 of the fixed rate's mean (x0.49 with sigma 0.5), so
+"half" is out of reach at sigma 1; keeping the p99 costs a little more of the mean. The
+busiest second is counted from the fake's arrival stamps: a stall of this process's loop
+(printed) bunches them, so it can exceed the cap the bot's gate kept.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import random
 import sys
 import tempfile
@@ -36,8 +71,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import percentile
+from bench._common import LoopLag, percentile
 from bot.smsman.client import SmsManClient
+from bot.ui.callbacks import BuyCb
 from sandbox.smsman import FakeSmsMan
 from sandbox.telegram import FakeTelegram
 from storage.db import Database
@@ -46,6 +82,7 @@ from tests.botproc import BotProcess
 BOT_TOKEN = "123456:BENCH-TOKEN-do-not-leak"
 SMSMAN_TOKEN = "smsman-bench-token-do-not-leak"
 COST = 1000  # minor units
+LIFETIME = 1200.0  # ACTIVATION_TIMEOUT, and the fake's lifetime of a request
 
 
 @dataclass
@@ -262,6 +299,360 @@ async def idle(*, interval: float, seconds: float) -> tuple[float, float]:
         await telegram.stop()
 
 
+# -- the budget scenario: both schedulers under a binding SMSMAN_MAX_RPS ---------------------
+
+
+@dataclass
+class Mix:
+    """When an order's first code comes, seconds after purchase: 60% lognormal (median
+    `median`, shape `sigma`), 15% uniform over 2-15 min, 25% never (inf)."""
+
+    median: float = 40.0
+    sigma: float = 1.0
+
+    def draw(self, rng: random.Random) -> float:
+        u = rng.random()
+        if u < 0.6:
+            return math.exp(math.log(self.median) + self.sigma * rng.gauss(0, 1))
+        if u < 0.75:
+            return rng.uniform(120, 900)
+        return math.inf
+
+    def survival(self, age: float) -> float:
+        """P(no code by `age`)."""
+        lognormal = 0.6 if age <= 0 else 0.6 * (1 - _phi(math.log(age / self.median) / self.sigma))
+        uniform = 0.15 * min(1.0, max(0.0, (900 - age) / 780))
+        return 0.25 + lognormal + uniform
+
+    def rate_for(self, waiting: int, lifetime: float) -> float:
+        """Purchases per second that keep `waiting` orders waiting in the steady state
+        (Little: waiting = rate x expected seconds an order waits)."""
+        seconds = sum(self.survival(a + 0.5) for a in range(int(lifetime)))
+        return waiting / seconds
+
+
+def _phi(x: float) -> float:
+    return 0.5 * (1 + math.erf(x / math.sqrt(2)))
+
+
+@dataclass
+class BudgetRun:
+    scheduler: str
+    waiting_at_start: int
+    bought_live: int
+    delays: list[float]  # code available -> message at the fake Telegram, window codes
+    undelivered: list[float]  # window codes not delivered by the end: seconds waited so far
+    calls_rate: float  # every SMS-Man call, per second, over the window
+    get_sms_rate: float
+    busiest: int  # most SMS-Man calls started in any one second (whole run)
+    cpu_s: float
+    stalls: str  # this process's event loop (the fakes): late wake-ups stamp calls late
+
+    def line(self) -> str:
+        every = self.delays + self.undelivered
+        mean = sum(every) / len(every) if every else float("nan")
+        return (
+            f"{self.scheduler:<8} waiting={self.waiting_at_start:>5}"
+            f"  bought live={self.bought_live:>4}"
+            f"  codes={len(every):>4} (undelivered {len(self.undelivered)})  mean={mean:5.1f}s"
+            f"  p90={percentile(every, 90):5.1f}s  p99={percentile(every, 99):5.1f}s"
+            f"  max={max(every, default=float('nan')):5.1f}s  calls={self.calls_rate:4.1f}/s"
+            f" (get-sms {self.get_sms_rate:4.1f}/s)  busiest 1s={self.busiest:>3}"
+            f"  bot CPU={self.cpu_s:5.1f}s\n         bench loop (fakes' clock): {self.stalls}"
+        )
+
+
+async def _create_order(
+    db: Database, user_id: int, key: str, created: float, request_id: int, number: str
+) -> int:
+    order = await db.orders.create(
+        user_id=user_id,
+        chat_id=user_id,
+        country_id=1,
+        country_title="Russia",
+        service_id=1,
+        service_title="Telegram",
+        price=0,
+        cost=COST,
+        currency="RUB",
+        idempotency_key=key,
+        multiple_sms=False,
+        hold=False,
+        max_active=1000,
+        now=created,
+    )
+    await db.orders.mark_waiting(
+        order.id,
+        request_id=request_id,
+        number=number,
+        expires_at=created + LIFETIME,
+        next_poll_at=created,
+        now=created,
+    )
+    return order.id
+
+
+async def write_history(db: Database, mix: Mix, rng: random.Random, count: int, now: float) -> None:
+    """`count` ended orders of the same mix, bought before the waiting ones: a code after
+    the drawn time plus up to one poll interval, or expired without one."""
+    for i in range(count):
+        created = now - 2 * LIFETIME - (count - i) * 3.0
+        order_id = await _create_order(
+            db, 3_000_000 + i % 100, f"history:{i}", created, 500_000_000 + i, "79990000000"
+        )
+        at = mix.draw(rng)
+        if at < LIFETIME:
+            received = created + at + rng.uniform(0, 3.0)
+            await db.orders.add_code(order_id, f"h{i}", now=received)
+            await db.orders.finish(order_id, now=received + 1)
+        else:
+            await db.orders.expire(order_id, now=created + LIFETIME)
+
+
+async def write_waiting(
+    db: Database, smsman: FakeSmsMan, mix: Mix, rng: random.Random, rate: float, now: float
+) -> dict[str, float]:
+    """The steady state at `now`: purchases at `rate` over the last LIFETIME seconds, those
+    whose code has not come yet, each with its SMS-Man request (aged to match) and its code
+    scheduled at the fake. Returns code -> monotonic time it becomes available."""
+    bought: list[tuple[float, float]] = []
+    t = now - LIFETIME
+    while True:
+        t += rng.expovariate(rate)
+        if t >= now:
+            break
+        at = mix.draw(rng)
+        if t + at > now:
+            bought.append((t, at))
+    codes: dict[str, float] = {}
+    mono = time.monotonic()
+    async with SmsManClient(smsman.url, smsman.token, max_concurrency=20, max_rps=1000) as c:
+
+        async def one(i: int, created: float, at: float) -> None:
+            number = await c.get_number(1, 1, max_price=Decimal("10.00"), currency="RUB")
+            await _create_order(
+                db, 1_000_000 + i, f"bench:{i}", created, number.request_id, number.number
+            )
+            request = smsman.requests[number.request_id]
+            request.created = mono - (now - created)  # the fake expires it on time
+            if at < math.inf:
+                code = f"{i:08d}"
+                request.code_due = mono + (created + at - now)
+                request.next_code = code
+                codes[code] = request.code_due
+
+        for start in range(0, len(bought), 50):
+            chunk = bought[start : start + 50]
+            await asyncio.gather(*(one(start + j, *item) for j, item in enumerate(chunk)))
+    return codes
+
+
+async def buyers(
+    telegram: FakeTelegram,
+    smsman: FakeSmsMan,
+    mix: Mix,
+    rng: random.Random,
+    rate: float,
+    until: float,
+    codes: dict[str, float],
+    users: list[int],
+) -> int:
+    """Users buying through the chat at `rate` until `until` (monotonic): /start, then
+    Buy on the menu it shows. Each new request's code is scheduled at the fake the moment
+    the purchase is seen there. Returns the number of purchases."""
+    known = set(smsman.requests)
+    draws: list[float] = []
+    tasks: list[asyncio.Task[None]] = []
+    buy = BuyCb(country=1, service=1, cost=COST, price=0).pack()
+
+    async def one(user_id: int) -> None:
+        user = telegram.user(user_id, started=True)
+        await user.send("/start")
+        menu = await user.wait_for(predicate=lambda m: m.has_keyboard, timeout=30)
+        await user.click_data(buy, menu.message_id)
+
+    async def watch() -> None:
+        while True:
+            for request_id in sorted(set(smsman.requests) - known):
+                known.add(request_id)
+                request = smsman.requests[request_id]
+                at = draws.pop(0) if draws else mix.draw(rng)
+                if at < math.inf:
+                    code = f"L{request_id}"
+                    request.code_due = request.created + at
+                    request.next_code = code
+                    codes[code] = request.code_due
+            await asyncio.sleep(0.05)
+
+    watcher = asyncio.create_task(watch())
+    next_at = time.monotonic()
+    count = 0
+    while count < len(users):
+        next_at += rng.expovariate(rate)
+        if next_at >= until:
+            break
+        await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+        draws.append(mix.draw(rng))
+        tasks.append(asyncio.create_task(one(users[count])))
+        count += 1
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await asyncio.sleep(0.2)
+    watcher.cancel()
+    return count
+
+
+async def budget_run(
+    scheduler: str,
+    *,
+    waiting: int,
+    max_rps: float,
+    latency: float,
+    history: int,
+    settle: float,
+    window: float,
+    flush: float,
+    mix: Mix,
+    seed: int,
+) -> BudgetRun:
+    rng = random.Random(seed)
+    rate = mix.rate_for(waiting, LIFETIME)
+    telegram = FakeTelegram(token=BOT_TOKEN)
+    smsman = FakeSmsMan(token=SMSMAN_TOKEN, seed=seed)
+    smsman.default_catalogue()
+    smsman.set_price(1, 1, "10.00", 10**7)
+    smsman.balance = Decimal(10**9)
+    buyer_ids = [2_000_000 + i for i in range(int(rate * (settle + window) * 1.5) + 50)]
+    await telegram.start()
+    await smsman.start()
+    try:
+        with tempfile.TemporaryDirectory() as name:
+            folder = Path(name)
+            now = time.time()
+            db = await Database.open(folder / "bot.sqlite3")
+            try:
+                await write_history(db, mix, random.Random(seed + 1), history, now)
+                codes = await write_waiting(db, smsman, mix, rng, rate, now)
+                waiting_at_start = len(await db.orders.list_open())
+            finally:
+                await db.close()
+            for i in range(waiting_at_start + 10):
+                telegram.user(1_000_000 + i, started=True)
+            smsman.latency = latency
+            smsman.calls.clear()
+            bot = BotProcess.for_fakes(
+                telegram,
+                smsman,
+                folder,
+                sms_poll_interval=3,
+                smsman_max_rps=max_rps,
+                smsman_max_concurrency=10,
+                smsman_timeout=5,
+                activation_timeout=int(LIFETIME),
+                log_level="WARNING",
+                admin_ids=[],
+                allowed_user_ids=buyer_ids,
+                sms_poll_scheduler=scheduler,  # bench/ops switch, read by bot/app.py
+            )
+            await bot.start(timeout=120)
+            lag = LoopLag(0.02)
+            lag.start()
+            try:
+                ready = time.monotonic()
+                start, end = ready + settle, ready + settle + window
+                bought = await buyers(
+                    telegram, smsman, mix, random.Random(seed + 2), rate, end, codes, buyer_ids
+                )
+                measured = {c: at for c, at in codes.items() if start <= at < end}
+                sent: dict[str, float] = {}
+                seen = 0
+                stop = max(end, time.monotonic()) + flush
+                while time.monotonic() < stop:
+                    calls = telegram.calls_to("sendMessage")
+                    for call in calls[seen:]:
+                        text = str(call.params.get("text", ""))
+                        if call.ok and text.startswith("🔔"):
+                            code = text.rsplit("<code>", 1)[-1].split("</code>", 1)[0]
+                            sent.setdefault(code, call.time)
+                    seen = len(calls)
+                    if time.monotonic() >= end and all(c in sent for c in measured):
+                        break
+                    await asyncio.sleep(0.2)
+                finished = time.monotonic()
+                cpu = bot.cpu_seconds()
+            finally:
+                lag.stop()
+                await bot.stop()
+            log = bot.log_text()
+            if "Traceback" in log:
+                print(log[-3000:], file=sys.stderr)
+            every_call = [c.time for c in smsman.calls]
+            in_window = sum(1 for t in every_call if start <= t < end)
+            get_sms = sum(1 for c in smsman.calls_to("get-sms") if start <= c.time < end)
+            return BudgetRun(
+                scheduler=scheduler,
+                waiting_at_start=waiting_at_start,
+                bought_live=bought,
+                delays=[sent[c] - at for c, at in measured.items() if c in sent],
+                undelivered=[finished - at for c, at in measured.items() if c not in sent],
+                calls_rate=in_window / window,
+                get_sms_rate=get_sms / window,
+                busiest=busiest_second(every_call),
+                cpu_s=cpu,
+                stalls=lag.summary(),
+            )
+    finally:
+        await smsman.stop()
+        await telegram.stop()
+
+
+async def budget(args: argparse.Namespace) -> int:
+    mix = Mix(sigma=args.sigma)
+    rate = mix.rate_for(args.waiting, LIFETIME)
+    print(
+        f"budget: ~{args.waiting} waiting orders (steady state: {rate:.2f} purchases/s through"
+        f" the chat), SMSMAN_MAX_RPS={args.budget_rps:g}, {args.latency * 1000:.0f} ms per"
+        f" call, codes 60% lognormal (median 40 s, sigma {args.sigma:g}) / 15% 2-15 min /"
+        f" 25% never, history {args.history} orders; codes measured: those available from"
+        f" {args.settle:g}s to {args.settle + args.window:g}s after the bot is ready"
+    )
+    runs = []
+    for scheduler in ("fixed", "learned"):
+        result = await budget_run(
+            scheduler,
+            waiting=args.waiting,
+            max_rps=args.budget_rps,
+            latency=args.latency,
+            history=args.history,
+            settle=args.settle,
+            window=args.window,
+            flush=args.flush,
+            mix=mix,
+            seed=args.seed,
+        )
+        print(result.line(), flush=True)
+        runs.append(result)
+    fixed, learned = runs
+
+    def everyone(run: BudgetRun) -> list[float]:
+        return run.delays + run.undelivered
+
+    mean_f = sum(everyone(fixed)) / max(1, len(everyone(fixed)))
+    mean_l = sum(everyone(learned)) / max(1, len(everyone(learned)))
+    p99_f, p99_l = percentile(everyone(fixed), 99), percentile(everyone(learned), 99)
+    aims = {
+        f"mean {mean_l:.1f}s <= half of fixed {mean_f:.1f}s": mean_l <= mean_f / 2,
+        f"p99 {p99_l:.1f}s <= fixed {p99_f:.1f}s": p99_l <= p99_f,
+        f"busiest second {max(fixed.busiest, learned.busiest)} <= {args.budget_rps:g}": max(
+            fixed.busiest, learned.busiest
+        )
+        <= args.budget_rps,
+    }
+    print(f"    learned / fixed: mean x{mean_l / mean_f:.2f}, p99 x{p99_l / p99_f:.2f}")
+    for aim, held in aims.items():
+        print(f"    aim {aim}: {'yes' if held else 'NO'}")
+    return 0 if all(aims.values()) else 1
+
+
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, nargs="+", default=[100, 500, 1000])
@@ -273,7 +664,17 @@ async def main() -> int:
     parser.add_argument("--concurrency", type=int, default=100)
     parser.add_argument("--capped", type=float, default=50, help="a binding RPS; 0: skip")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--budget", action="store_true", help="only the budget scenario")
+    parser.add_argument("--waiting", type=int, default=1000, help="budget: waiting orders")
+    parser.add_argument("--budget-rps", type=float, default=20, help="budget: SMSMAN_MAX_RPS")
+    parser.add_argument("--history", type=int, default=2000, help="budget: past orders")
+    parser.add_argument("--settle", type=float, default=60, help="budget: s before measuring")
+    parser.add_argument("--window", type=float, default=180, help="budget: s of code arrivals")
+    parser.add_argument("--flush", type=float, default=150, help="budget: s more to deliver")
+    parser.add_argument("--sigma", type=float, default=1.0, help="budget: lognormal shape")
     args = parser.parse_args()
+    if args.budget:
+        return await budget(args)
 
     print(
         f"interval {args.interval}s, SMS-Man latency {args.latency * 1000:.0f} ms per call,"

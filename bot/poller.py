@@ -9,8 +9,10 @@ per step, by the step, under the order's lock.
 - Polls keep a fixed rate: the next poll is due `interval` after the previous one was due
   (not after it ended), so N waiting orders cost N / interval get-sms per second. When the
   SMS-Man cap (SMSMAN_MAX_CONCURRENCY, SMSMAN_MAX_RPS, both enforced by the client's
-  CallGate) binds, steps start late; the earliest-due go first, so every order's latency
-  grows alike, and a warning says so (at most once a minute).
+  CallGate) binds, steps start late, and a warning says so (at most once a minute). Which
+  due order goes next then is the `policy`'s choice (bot/schedule.py: where a code is most
+  likely waiting, within guarantees); without one, the earliest due, so every order's
+  latency grows alike.
 - An order past its deadline is rejected (no code) or closed (a code came) by its step.
 - ProviderUnavailable backs that order off (exponential, capped, never past its deadline);
   five in a row across orders open the circuit breaker, which pauses every step, then lets
@@ -41,8 +43,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 from bot import metrics
+from bot.schedule import PollPolicy
 from bot.services.orders import OrderService, PollOutcome, StepResult
 from bot.smsman.errors import ProviderUnavailable, SmsManError
 from storage.models import Order, OrderStatus
@@ -149,6 +153,7 @@ class _Entry:
     card_at: float = -math.inf  # the last countdown edit
     card_minutes: int | None = None  # the minutes the card showed then
     deadline: float = math.inf  # the order's expires_at, once a step has read it
+    routine: bool = False  # due for a fixed-rate poll (the policy may reorder those)
 
 
 class Poller:
@@ -162,9 +167,12 @@ class Poller:
         max_rps: float | None = None,
         probe_timeout: float = PROBE_TIMEOUT,
         sweep_every: float = SWEEP_EVERY,
+        policy: PollPolicy | None = None,
     ) -> None:
         self._orders = orders
         self._sweep_every = sweep_every
+        self._policy = policy
+        self._ready: dict[int, _Entry] = {}  # due, waiting for the policy's choice
         self._interval = interval
         self._concurrency = concurrency
         self._max_rps = max_rps
@@ -189,12 +197,14 @@ class Poller:
     def schedule(self, order_id: int, at: float) -> None:
         """Look at the order at `at` (or earlier if it is due earlier already)."""
         entry = self._entries.get(order_id)
+        new = entry is None
         if entry is None:
             entry = self._entries[order_id] = _Entry(order_id, math.inf)
         if entry.running:
             entry.wake_at = min(entry.wake_at, at)
             return
         if at < entry.due:
+            entry.routine = new  # a new order's first poll; anything else asked is not
             self._push(entry, at)
 
     def _push(self, entry: _Entry, at: float) -> None:
@@ -221,6 +231,10 @@ class Poller:
         now = self.clock()
         for order in still_open:
             self.schedule(order.id, now)
+            waiting = order.status is OrderStatus.WAITING
+            self._entries[order.id].routine = waiting
+            if waiting and self._policy is not None:  # when it was last polled: unknown
+                self._policy.track(order.id, **_about(order), unseen_since=now)
         if still_open:
             log.info("reconciling %d open orders", len(still_open))
         self._main = asyncio.create_task(self._supervise(), name="poller")
@@ -280,16 +294,26 @@ class Poller:
                     await self._sweep_wake.wait()
 
     async def _next_due(self) -> tuple[_Entry, bool]:
-        """Wait until the earliest-due entry is due and the breaker lets it through; the
-        entry, and whether its step is the breaker's probe."""
+        """Wait until an entry is due and the breaker lets it through: the earliest due,
+        or with a policy, the one it chooses among those due; the entry, and whether its
+        step is the breaker's probe."""
         while True:
             self._wake.clear()
             entry = self._peek()
             now = self.clock()
-            if entry is not None and entry.due <= now:
-                if self.breaker.allow():
+            if self._policy is not None:
+                while entry is not None and entry.due <= now:
                     heapq.heappop(self._heap)
-                    return entry, self.breaker.state is Breaker.PROBING
+                    self._ready[entry.order_id] = entry
+                    entry = self._peek()
+            if self._ready or (entry is not None and entry.due <= now):
+                if self.breaker.allow():
+                    probe = self.breaker.state is Breaker.PROBING
+                    if self._policy is not None:
+                        return self._ready.pop(self._policy.choose(self._ready, now)), probe
+                    assert entry is not None
+                    heapq.heappop(self._heap)
+                    return entry, probe
                 timeout: float | None = self.breaker.wait_time()
             else:
                 timeout = None if entry is None else entry.due - now
@@ -318,6 +342,8 @@ class Poller:
         entry.running = True
         entry.due = math.inf
         self.steps += 1
+        if self._policy is not None:
+            self._policy.polled(entry.order_id, self.clock())
         task = asyncio.create_task(self._run(entry, due, probe), name=f"poll {entry.order_id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -329,18 +355,22 @@ class Poller:
         self._last_cap_warning = now
         log.warning(
             "SMS-Man call cap reached: polls start %.1fs late (%d orders, interval %ss,"
-            " SMSMAN_MAX_CONCURRENCY=%d, SMSMAN_MAX_RPS=%s); earliest-due go first",
+            " SMSMAN_MAX_CONCURRENCY=%d, SMSMAN_MAX_RPS=%s); %s",
             lag,
             len(self._entries),
             self._interval,
             self._concurrency,
             self._max_rps if self._max_rps is not None else "?",
+            "the learned schedule picks who goes first"
+            if self._policy is not None
+            else "earliest-due go first",
         )
 
     # -- one step ------------------------------------------------------------------------
 
     async def _run(self, entry: _Entry, due: float, probe: bool) -> None:
         next_at: float | None
+        entry.routine = False  # _after says whether the next look is a routine poll
         settled = False  # the breaker heard how this step went
         try:
             try:
@@ -383,7 +413,11 @@ class Poller:
         entry.running = False
         if next_at is None and entry.wake_at == math.inf:
             self._entries.pop(entry.order_id, None)
+            if self._policy is not None:
+                self._policy.forget(entry.order_id)
             return
+        if next_at is None or entry.wake_at < next_at:
+            entry.routine = False  # asked for meanwhile (a user's action, a delivery)
         at = min(next_at if next_at is not None else math.inf, entry.wake_at)
         entry.wake_at = math.inf
         self._push(entry, at)
@@ -393,6 +427,8 @@ class Poller:
         now = self.clock()
         entry.failures = 0
         order = result.order
+        if self._policy is not None:
+            _tell(self._policy, entry.order_id, result, now)
         if result.outcome is PollOutcome.CLOSED or order is None or not order.is_open:
             return None
         deadline = order.expires_at if order.expires_at is not None else math.inf
@@ -402,12 +438,15 @@ class Poller:
         if result.outcome is PollOutcome.WAITING:
             self._countdown(entry, order, now)
             next_at = max(due + self._interval, now)  # fixed rate; when late, behind the rest
+            entry.routine = order.status is OrderStatus.WAITING
         elif _polling(order):  # a received order that asked for another code
             next_at = now + self._interval
         else:  # a code came and no other is asked for: nothing to do until the deadline
             next_at = deadline if deadline < math.inf else now + self._interval
+        polled_at = next_at
         if deadline > now:
             next_at = min(next_at, deadline)  # reject or close on time
+        entry.routine &= next_at == polled_at
         return next_at
 
     def _back_off(self, entry: _Entry) -> float:
@@ -430,6 +469,30 @@ class Poller:
         self._orders.countdown(order)
         entry.card_at = now
         entry.card_minutes = shown
+
+
+def _about(order: Order) -> dict[str, Any]:
+    """What the policy knows of a waiting order."""
+    deadline = order.expires_at if order.expires_at is not None else math.inf
+    return {
+        "key": (order.service_id, order.country_id),
+        "bought_at": order.created_at,
+        "deadline": deadline,
+    }
+
+
+def _tell(policy: PollPolicy, order_id: int, result: StepResult, now: float) -> None:
+    """What a step found, for the policy: still waiting, a first code, or the end."""
+    order = result.order
+    status = order.status if order is not None else None
+    if order is not None and status is OrderStatus.WAITING:
+        policy.track(order_id, **_about(order))
+    elif status in (OrderStatus.RECEIVED, OrderStatus.FINISHED):
+        policy.code_came(order_id, now)  # learns only if it was waiting until now
+    elif status in (OrderStatus.CANCELLED, OrderStatus.EXPIRED):
+        policy.ended(order_id, now)
+    else:
+        policy.forget(order_id)
 
 
 def _polling(order: Order) -> bool:

@@ -12,6 +12,7 @@ PostgreSQL. Two processes starting at once therefore never apply a step twice.
 
 from __future__ import annotations
 
+import logging
 import re
 import sqlite3
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.engine import Engines
 from storage.errors import MigrationError
+
+log = logging.getLogger(__name__)
 
 _ADVISORY_LOCK_ID = 0x5D5_3A11  # any constant shared by every replica of this bot
 _LEGACY_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
@@ -79,6 +82,23 @@ async def _upgrade_sqlite(conn: AsyncConnection, target: str) -> None:
 
 
 def _run(connection: Connection, target: str) -> None:
+    # Alembic's own INFO lines ("Context impl SQLiteImpl.") come at every start, upgrade or
+    # not; one line of ours says when the schema really moved.
+    alembic_log = logging.getLogger("alembic")
+    level = alembic_log.level
+    if not log.isEnabledFor(logging.DEBUG):
+        alembic_log.setLevel(logging.WARNING)
+    try:
+        current = _upgrade(connection, target)
+        upgraded = current_revision(connection)
+    finally:
+        alembic_log.setLevel(level)
+    if upgraded != current:
+        log.info("database schema upgraded from %s to %s", current or "nothing", upgraded)
+
+
+def _upgrade(connection: Connection, target: str) -> str | None:
+    """Upgrade to `target`; the revision it started from."""
     known = {
         script.revision for script in ScriptDirectory.from_config(alembic_config()).walk_revisions()
     }
@@ -89,6 +109,7 @@ def _run(connection: Connection, target: str) -> None:
             " refusing to open it"
         )
     command.upgrade(alembic_config(connection), target)
+    return current
 
 
 # -- the sqlite3-era steps, used by the baseline revision -------------------------------

@@ -174,6 +174,12 @@ _COUNT_RECENT = text(
 )
 _CODES_OF = text(f"SELECT {CODE_COLUMNS} FROM codes WHERE order_id = :order_id ORDER BY id")
 _GET = text(f"SELECT {ORDER_COLUMNS} FROM orders WHERE id = :order_id")
+_FIRST_CODE_TIMES = text(
+    "SELECT service_id, country_id, created_at, updated_at,"
+    " (SELECT MIN(received_at) FROM codes WHERE codes.order_id = orders.id)"
+    " FROM orders WHERE status IN ('received', 'finished', 'cancelled', 'expired')"
+    " ORDER BY id DESC LIMIT :limit"
+)
 _GET_FOR_USER = text(
     f"SELECT {ORDER_COLUMNS} FROM orders WHERE id = :order_id AND user_id = :user_id"
 )
@@ -432,6 +438,25 @@ class Orders:
 
         async def q(conn: AsyncConnection) -> int:
             return int(await sql.scalar(conn, _COUNT_RECENT, user_id=user_id, since=since))
+
+        return await self._db.read(q)
+
+    async def first_code_times(
+        self, limit: int = 20_000
+    ) -> list[tuple[int, int, float | None, float]]:
+        """The newest `limit` orders past waiting, for the poller's schedule: (service_id,
+        country_id, seconds from purchase to the first code or None, seconds watched until
+        the order ended without one)."""
+
+        async def q(conn: AsyncConnection) -> list[tuple[int, int, float | None, float]]:
+            result = []
+            for service, country, created, updated, first in await sql.rows(
+                conn, _FIRST_CODE_TIMES, limit=limit
+            ):
+                to_code = None if first is None else max(0.0, first - created)
+                watched = to_code if to_code is not None else max(0.0, updated - created)
+                result.append((service, country, to_code, watched))
+            return result
 
         return await self._db.read(q)
 

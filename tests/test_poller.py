@@ -654,20 +654,16 @@ class _StubOrders:
 
     def __init__(self) -> None:
         self.on_scheduled: Any = None
-        self.on_undelivered: Any = None
         self.plan: list[BaseException | None] = []
         self.steps: list[int] = []
 
     async def recover(self) -> list[Any]:
         return []
 
-    async def orders_with_undelivered_codes(self) -> set[int]:
-        return set()
-
     async def fail_stale_purchases(self) -> int:
         return 0
 
-    async def step(self, order_id: int, *, redeliver: bool = False) -> StepResult:
+    async def step(self, order_id: int) -> StepResult:
         self.steps.append(order_id)
         todo = self.plan.pop(0) if self.plan else None
         if todo is not None:
