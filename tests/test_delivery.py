@@ -197,8 +197,8 @@ async def test_codes_overtake_a_broadcast_and_no_chat_sees_two_pushes_a_second(
     assert telegram.rate_limited == []
 
 
-async def test_a_card_edit_coalesces_into_its_latest_state(tmp_path: Path) -> None:
-    async with await Database.open(tmp_path / "bot.sqlite3") as db:
+async def test_a_card_edit_coalesces_into_its_latest_state(database_url: str) -> None:
+    async with await Database.open(database_url) as db:
         first = await db.outbox.enqueue(chat_id=1, priority=3, kind="card", ref=7, dedupe="card:7")
         second = await db.outbox.enqueue(chat_id=1, priority=2, kind="card", ref=7, dedupe="card:7")
         assert second.id == first.id and second.version == first.version + 1
@@ -207,6 +207,15 @@ async def test_a_card_edit_coalesces_into_its_latest_state(tmp_path: Path) -> No
         assert not await db.outbox.done(first), "the older state sent: the newer stays"
         assert await db.outbox.done(second)
         assert await db.outbox.pending() == []
+        await db.users.upsert(5, "en")
+        assert await db.updates.claim(77) and not await db.updates.claim(77)
+        started = await db.broadcasts.start(1, "hi", priority=4)
+        assert started.total == started.left == 1
+        [row] = await db.outbox.of_broadcast(started.id)
+        await db.broadcasts.delivered(started.id, row.id, "sent")
+        await db.broadcasts.delivered(started.id, row.id, "sent")  # counted once
+        done = await db.broadcasts.get(started.id)
+        assert done is not None and (done.sent, done.left) == (1, 0)
 
 
 # -- updates acted on once ----------------------------------------------------------------
