@@ -1,39 +1,30 @@
-"""Shared bench helpers: the fakes with a realistic catalogue, settings, the bot in-process.
+"""Shared bench helpers: the fakes with a realistic catalogue, percentiles, quiet logs.
 
     async with fakes(latency=0.1) as (telegram, smsman):
-        with tempfile.TemporaryDirectory() as folder:
-            settings = bench_settings(Path(folder), telegram.url, smsman.url, allowed_user_ids=[1])
-            async with running(settings) as app:
-                await wait_warm(smsman)
-                ...
+        bot = BotProcess.for_fakes(telegram, smsman, folder)  # tests/botproc.py
+        await bot.start()
+        await wait_warm(smsman)
+        ...
 
-That runs everything on one event loop, like the end-to-end tests, so figures include the
-fakes' CPU time and garbage; bench/menu.py can also keep the fakes in a child process.
-The bot (aiogram) is imported lazily, so a process that only serves the fakes stays light.
+The bot runs as its own process (`python -m bot`), as it ships: a bench never pins, warms
+or tunes anything in it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import math
 import random
 import time
 from collections.abc import AsyncIterator, Sequence
 from decimal import Decimal
-from pathlib import Path
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
 
 from babel import Locale
 
 from sandbox.smsman import FakeSmsMan
 from sandbox.telegram import FakeTelegram
-
-if TYPE_CHECKING:
-    from bot.settings import Settings
 
 BOT_TOKEN = "123456:BENCH-TOKEN-do-not-leak"
 SMSMAN_TOKEN = "smsman-bench-token-do-not-leak"
@@ -137,25 +128,6 @@ async def fakes(
         await telegram.stop()
 
 
-def bench_settings(folder: Path, telegram_url: str, smsman_url: str, **overrides: Any) -> Settings:
-    """Settings pointing at the fakes (`telegram.url`, `smsman.url`), a fresh database in
-    `folder`."""
-    from bot.settings import Settings
-
-    values: dict[str, Any] = {
-        "bot_token": BOT_TOKEN,
-        "smsman_token": SMSMAN_TOKEN,
-        "telegram_api_url": telegram_url,
-        "smsman_api_url": smsman_url,
-        "database_url": f"sqlite:///{folder / 'bench.sqlite3'}",
-        "smsman_timeout": 5.0,
-        "admin_ids": [999_999],
-        "log_level": "WARNING",
-    }
-    values.update(overrides)
-    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
-
-
 async def wait_warm(smsman: FakeSmsMan, timeout: float = 30.0) -> float:
     """Wait until the startup warm-up has read the whole catalogue (countries, applications,
     unfiltered get-prices) and no SMS-Man call is in flight; returns the seconds waited."""
@@ -190,102 +162,3 @@ def latency_line(label: str, values_ms: Sequence[float]) -> str:
         f"p95={percentile(values_ms, 95):7.1f}  p99={percentile(values_ms, 99):7.1f}  "
         f"max={max(values_ms, default=float('nan')):7.1f} ms"
     )
-
-
-class GcWatch:
-    """Times the garbage collector's pauses (they stop the event loop) while active."""
-
-    def __init__(self) -> None:
-        self.pauses: dict[int, list[float]] = {0: [], 1: [], 2: []}
-        self._started = 0.0
-
-    def _callback(self, phase: str, info: dict[str, int]) -> None:
-        if phase == "start":
-            self._started = time.perf_counter()
-        else:
-            self.pauses[info["generation"]].append(time.perf_counter() - self._started)
-
-    def __enter__(self) -> Self:
-        gc.callbacks.append(self._callback)
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        gc.callbacks.remove(self._callback)
-
-    def summary(self) -> str:
-        parts = []
-        for generation, pauses in self.pauses.items():
-            if pauses:
-                parts.append(
-                    f"gen{generation}: {len(pauses)} x, max {max(pauses) * 1000:.1f} ms, "
-                    f"total {sum(pauses) * 1000:.0f} ms"
-                )
-        return "; ".join(parts) or "none"
-
-
-def pin_aiogram_responses() -> int:
-    """Keep aiogram's parametrised `Response[T]` models alive for the whole process.
-
-    aiogram builds `Response[method.__returning__]` on every API answer (check_response);
-    pydantic 2.13 caches parametrised generics only in a WeakValueDictionary, so each time
-    the cyclic GC frees one, the next answer rebuilds it (~1-3 ms of CPU for Message).
-    A strong reference per return type (41 types, ~40 ms once) stops that. The bot should
-    do this at start (proposed for bot/app.py); here it is the bench's `--pin-responses`.
-    Returns the number of types pinned.
-    """
-    from aiogram import methods
-    from aiogram.methods.base import Response, TelegramMethod
-
-    for name in methods.__all__:
-        method = getattr(methods, name)
-        if (
-            isinstance(method, type)
-            and issubclass(method, TelegramMethod)
-            and method is not TelegramMethod
-        ):
-            returning = method.__returning__
-            _PINNED.setdefault(repr(returning), Response[returning])  # type: ignore[valid-type]
-    return len(_PINNED)
-
-
-_PINNED: dict[str, object] = {}
-
-
-class LoopLag:
-    """Samples how late the event loop wakes a task that sleeps `interval` s: a stall of the
-    loop (a long synchronous step, a GC pause, or no CPU because other processes ran)."""
-
-    def __init__(self, interval: float = 0.01) -> None:
-        self.interval = interval
-        self.lags: list[float] = []
-        self._task: asyncio.Task[None] | None = None
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            before = loop.time()
-            await asyncio.sleep(self.interval)
-            self.lags.append(loop.time() - before - self.interval)
-
-    def start(self) -> None:
-        self.lags.clear()
-        self._task = asyncio.get_running_loop().create_task(self._run())
-
-    def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            self._task = None
-
-    def summary(self) -> str:
-        if not self.lags:
-            return "not sampled"
-        over = sum(1 for lag in self.lags if lag > 0.02)
-        return (
-            f"p99 {percentile(self.lags, 99) * 1000:.1f} ms, max {max(self.lags) * 1000:.1f} ms, "
-            f"{over} stalls > 20 ms"
-        )

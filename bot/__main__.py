@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
-import gc
-import logging
-import sys
+from bot import collector
 
-from pydantic import ValidationError
+collector.pause()  # before the heavy imports below (bot/collector.py)
 
-from bot.logs import setup_logging
-from bot.services.currency import CurrencyChanged
-from bot.settings import Settings, describe_errors
-from bot.ui.i18n import CataloguesNotCompiled, check_compiled
+import asyncio  # noqa: E402
+import logging  # noqa: E402
+import sys  # noqa: E402
+
+from pydantic import ValidationError  # noqa: E402
+
+from bot.logs import setup_logging  # noqa: E402
+from bot.services.currency import CurrencyChanged  # noqa: E402
+from bot.settings import Settings, describe_errors  # noqa: E402
+from bot.ui.i18n import CataloguesNotCompiled, check_compiled  # noqa: E402
 
 
 def load_settings() -> Settings | None:
@@ -29,10 +32,8 @@ async def serve(settings: Settings) -> str | None:
     from bot.app import build_app
 
     app = await build_app(settings)
-    # Everything imported so far lives as long as the process: keep it out of the
-    # collector's full passes, which otherwise stall the loop for 100+ ms (bench/menu.py).
-    gc.collect()
-    gc.freeze()
+    # Everything made so far lives as long as the process: frozen, never walked again.
+    collector.settle()
     try:
         if settings.webhook_mode:
             await app.run_webhook()

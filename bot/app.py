@@ -26,6 +26,7 @@ from bot.delivery.service import Delivery
 from bot.http import HttpServer, webhook_params
 from bot.poller import PROBE_TIMEOUT, Poller
 from bot.polling import PollConflict
+from bot.responses import keep_response_models
 from bot.schedule import ArrivalModel, PollPolicy
 from bot.services.access import Access
 from bot.services.admin import AdminService
@@ -174,6 +175,7 @@ async def _poll_policy(settings: Settings, db: Database) -> PollPolicy | None:
 
 
 async def build_app(settings: Settings) -> App:
+    keep_response_models()
     i18n = make_i18n()
     session = AiohttpSession(api=TelegramAPIServer.from_base(settings.telegram_api_url))
     # Every counted call (handlers' answers too) takes from one overall budget; a 429

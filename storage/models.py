@@ -48,6 +48,21 @@ class User:
 
 
 @dataclass(frozen=True, slots=True)
+class Profile:
+    """What every incoming update needs of its user: the language and the flags (never
+    the balance, see Users.profile)."""
+
+    id: int
+    language: str | None
+    blocked: bool
+    banned: bool
+
+    @classmethod
+    def of(cls, user: User) -> Profile:
+        return cls(user.id, user.language, user.blocked, user.banned)
+
+
+@dataclass(frozen=True, slots=True)
 class Order:
     id: int
     user_id: int

@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 
 from bot.settings import Settings
-from storage.models import User
+from storage.models import Profile
 
 
 class Verdict(StrEnum):
@@ -31,7 +31,7 @@ class Access:
         """In ADMIN_IDS or ALLOWED_USER_IDS (who may use the bot in private mode)."""
         return user_id in self._allowed
 
-    def verdict(self, user_id: int, user: User | None) -> Verdict:
+    def verdict(self, user_id: int, user: Profile | None) -> Verdict:
         """Admins always pass; in private mode only the listed; a ban refuses anyone else."""
         if self.is_admin(user_id):
             return Verdict.ALLOWED

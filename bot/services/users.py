@@ -9,7 +9,7 @@ from bot.locale import SUPPORTED_LOCALES, pick_locale
 from bot.settings import Settings
 from bot.smsman.client import SmsManClient
 from storage.db import Database
-from storage.models import User
+from storage.models import Profile
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,15 +25,17 @@ class UserService:
         self._client = client
         self.on_returned: Callable[[int], Awaitable[None]] | None = None
 
-    async def touch(self, user_id: int, language_code: str | None) -> User:
-        """The user's row; first sight stores their language, a message unblocks them."""
-        user = await self._db.users.get(user_id)
-        if user is None:
+    async def touch(self, user_id: int, language_code: str | None) -> Profile:
+        """The user's language and flags, for every update (on SQLite from memory: no
+        query); first sight stores their language, a message unblocks them."""
+        profile = await self._db.users.profile(user_id)
+        if profile is None:
             user = await self._db.users.upsert(user_id, pick_locale(None, language_code))
-        if user.blocked:
+            profile = Profile.of(user)
+        if profile.blocked:
             await self.set_blocked(user_id, False)
-            user = await self._db.users.get(user_id) or user
-        return user
+            profile = await self._db.users.profile(user_id) or profile
+        return profile
 
     async def first_time(self, update_id: int) -> bool:
         """Record a Telegram update as handled; False if it was before (a redelivery)."""
