@@ -1187,7 +1187,7 @@ class FakeTelegram:
                 raise _ApiFail(404, "Not Found")
             params = await self._read_params(request)
             self._maybe_inject(method, params)  # an injected failure is not counted
-            self._check_limits(method, params)  # counted on arrival, as Telegram's front does
+            self._check_limits(method, params, arrived)  # on arrival, as Telegram's front
             delay = self._delays.get(method)
             if delay:
                 await asyncio.sleep(delay)  # cancelled with the request if the bot gives up
@@ -1288,10 +1288,10 @@ class FakeTelegram:
                 injected=True,
             )
 
-    def _check_limits(self, method: str, params: Params) -> None:
+    def _check_limits(self, method: str, params: Params, now: float) -> None:
+        """`now`: when the request arrived (before its body was read)."""
         if method not in COUNTED_METHODS or not self.enforce_limits:
             return
-        now = time.monotonic()
         while self._recent and now - self._recent[0] >= 1.0:
             self._recent.popleft()
         if len(self._recent) >= self.max_per_second:
