@@ -34,6 +34,7 @@ from bot.services.catalogue import CatalogueService
 from bot.services.currency import record_currency
 from bot.services.orders import OrderService
 from bot.services.pricing import Pricing
+from bot.services.stars import StarsService
 from bot.services.users import UserService
 from bot.settings import Settings
 from bot.smsman.client import SmsManClient
@@ -64,6 +65,7 @@ class App:
     admin: AdminService
     poller: Poller
     delivery: Delivery
+    stars: StarsService
     i18n: I18n
     in_flight: InFlight
     redis: Redis | None = None
@@ -82,6 +84,7 @@ class App:
         await self.poller.start()
         self._spawn(self._warm())
         self._spawn(self.admin.watch_balance())
+        self._spawn(self.stars.run_reconciler())
 
     async def on_shutdown(self) -> None:
         await self.in_flight.wait(timeout=5.0)
@@ -211,6 +214,8 @@ async def build_app(settings: Settings) -> App:
     catalogue = CatalogueService(client, settings.popular_countries)
     pricing = Pricing(settings, db)
     await pricing.load()
+    stars = StarsService(settings, db, bot)
+    await stars.load()
 
     delivery = Delivery(bot=bot, db=db, i18n=i18n, country_title=catalogue.title_of, pacer=pacer)
     admin = AdminService(
@@ -258,6 +263,7 @@ async def build_app(settings: Settings) -> App:
         admin=admin,
         poller=poller,
         delivery=delivery,
+        stars=stars,
         i18n=i18n,
         in_flight=in_flight,
         redis=redis,
@@ -273,6 +279,7 @@ async def build_app(settings: Settings) -> App:
         pricing=pricing,
         access=access,
         admin=admin,
+        stars_service=stars,
         users=users,
         delivery=delivery,
         i18n=i18n,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import re
 from decimal import Decimal
@@ -16,9 +17,10 @@ from yarl import URL
 from storage.engine import normalize_url
 
 _WEBHOOK_SECRET_RE = re.compile(r"[A-Za-z0-9_-]{1,256}")
-_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
 DEFAULT_POPULAR_COUNTRIES = ("RU", "UA", "KZ", "US", "GB", "ID", "PH", "IN", "BR", "VN")
+DEFAULT_TOPUP_STARS = (50, 100, 250, 500, 1000)
+MAX_INVOICE_STARS = 10_000  # Telegram's limit for one Stars invoice
 # What @BotFather hands out: the bot's numeric id, a colon, then letters, digits, _ and -.
 _BOT_TOKEN = re.compile(r"[0-9]{1,20}:[A-Za-z0-9_-]{1,100}")
 
@@ -67,6 +69,10 @@ class Settings(BaseSettings):
     )
     purchases_per_minute: int = Field(default=5, ge=1, le=1000)
     multiple_sms: bool = False
+    stars_rate: Decimal | None = Field(default=None, gt=0, le=1_000_000)
+    topup_stars: Annotated[list[int], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_TOPUP_STARS)
+    )
     redis_url: str = ""
     webhook_url: str = ""
     webhook_secret: SecretStr = SecretStr("")
@@ -94,7 +100,7 @@ class Settings(BaseSettings):
             return value
         parts = urlsplit(value)
         # http:// only to a loopback host: a local Bot API server (or the tests' fake).
-        loopback = parts.scheme == "http" and parts.hostname in _LOOPBACK
+        loopback = parts.scheme == "http" and _is_loopback(value)
         if not parts.hostname or not (parts.scheme == "https" or loopback):
             raise ValueError("must be an https:// URL (Telegram posts only to HTTPS)")
         return value
@@ -123,6 +129,25 @@ class Settings(BaseSettings):
     @classmethod
     def _split(cls, value: Any) -> Any:
         return _split_ids(value)
+
+    @field_validator("stars_rate", mode="before")
+    @classmethod
+    def _empty_rate(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("topup_stars", mode="before")
+    @classmethod
+    def _split_stars(cls, value: Any) -> Any:
+        return _split_ids(value)
+
+    @field_validator("topup_stars")
+    @classmethod
+    def _stars(cls, value: list[int]) -> list[int]:
+        if not value:
+            raise ValueError("needs at least one amount of Stars")
+        if any(not 1 <= stars <= MAX_INVOICE_STARS for stars in value):
+            raise ValueError(f"each amount must be 1..{MAX_INVOICE_STARS} Stars")
+        return sorted(set(value))
 
     @field_validator("popular_countries")
     @classmethod
@@ -184,20 +209,18 @@ class Settings(BaseSettings):
     def is_shop(self) -> bool:
         return self.access_mode is AccessMode.SHOP
 
+    @property
+    def stars_enabled(self) -> bool:
+        """Wallets may be topped up with Telegram Stars (shop mode with STARS_RATE)."""
+        return self.is_shop and self.stars_rate is not None
+
 
 def _is_loopback(url: str) -> bool:
-    try:
-        host = URL(url).host
-    except ValueError:
-        return False
-    if not host:
-        return False
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
+    """Is the URL's host this machine (127.0.0.0/8, ::1, localhost)?"""
+    with contextlib.suppress(ValueError):
+        host = URL(url).host or ""
+        return host.lower() == "localhost" or ipaddress.ip_address(host.strip("[]")).is_loopback
+    return False
 
 
 def describe_errors(error: ValidationError) -> list[str]:

@@ -5,7 +5,17 @@ from __future__ import annotations
 from aiogram import Router
 
 from bot.settings import Settings
-from handlers import admin, balance, buy, errors, fallback, membership, orders, start
+from handlers import (
+    admin,
+    balance,
+    buy,
+    errors,
+    fallback,
+    membership,
+    orders,
+    payments,
+    start,
+)
 
 
 def get_routers(settings: Settings) -> list[Router]:
@@ -17,6 +27,7 @@ def get_routers(settings: Settings) -> list[Router]:
         buy.router(),
         orders.router(),
         balance.router(),
+        payments.router(),
         fallback.router(),
         errors.router(),
     ]

@@ -10,9 +10,10 @@ from aiogram.filters import Command, CommandObject
 from aiogram.types import Message
 
 from bot.delivery.service import Delivery
-from bot.services.admin import AdminService
+from bot.services.admin import AdminService, parse_user_id
+from bot.services.stars import StarsService
 from bot.settings import Settings
-from bot.ui import texts
+from bot.ui import stars, texts
 
 
 def router(settings: Settings) -> Router:
@@ -30,6 +31,7 @@ def router(settings: Settings) -> Router:
     r.message.register(on_unban, Command("unban"))
     r.message.register(on_markup, Command("markup"))
     r.message.register(on_broadcast, Command("broadcast"))
+    r.message.register(on_refund, Command("refund"))
     return r
 
 
@@ -97,3 +99,16 @@ async def on_unban(message: Message, command: CommandObject, admin: AdminService
 async def on_markup(message: Message, command: CommandObject, admin: AdminService) -> None:
     """/markup PERCENT | reset, or alone to show it."""
     await message.answer(await admin.markup_command(command.args or ""))
+
+
+async def on_refund(
+    message: Message, command: CommandObject, stars_service: StarsService, settings: Settings
+) -> None:
+    """/refund USER_ID CHARGE_ID: a Stars top-up back to the user, if it was not spent."""
+    parts = (command.args or "").split()
+    user_id = parse_user_id(parts[0]) if len(parts) == 2 else None
+    if user_id is None or len(parts[1]) > 256:
+        await message.answer(stars.refund_usage())
+        return
+    result = await stars_service.refund(user_id, parts[1])
+    await message.answer(stars.refund_reply(result, user_id, parts[1], settings.currency))

@@ -9,7 +9,7 @@ from aiogram.types import CallbackQuery, Message
 from bot.services.users import UserService
 from bot.settings import Settings
 from bot.smsman.errors import SmsManError
-from bot.ui import keyboards, texts
+from bot.ui import keyboards, stars, texts
 from bot.ui.callbacks import MenuAction, MenuCb
 from bot.ui.screen import show
 
@@ -29,11 +29,13 @@ async def on_balance(
     if settings.is_shop:
         wallet = await users.wallet(user_id)
         text = texts.balance_shop(wallet.available, wallet.held, settings.currency)
+        markup = stars.with_topup(keyboards.back_to_menu(), settings.stars_enabled)
     else:
+        markup = keyboards.back_to_menu()
         try:
             text = texts.balance_private(await users.provider_balance())
         except SmsManError:
             text = texts.catalogue_unavailable()
-    await show(event, text, keyboards.back_to_menu())
+    await show(event, text, markup)
     if isinstance(event, CallbackQuery):
         await event.answer()

@@ -11,7 +11,7 @@ from aiogram.types import CallbackQuery, Message
 from bot.delivery.service import Delivery
 from bot.services.orders import BuyOutcome, BuyResult, OrderService
 from bot.settings import Settings
-from bot.ui import keyboards, texts
+from bot.ui import keyboards, stars, texts
 from bot.ui.callbacks import (
     BuyCb,
     CountryCb,
@@ -175,6 +175,8 @@ async def on_buy_pressed(
     markup = (
         keyboards.after_no_numbers()
         if result.outcome is BuyOutcome.NO_NUMBERS
+        else stars.with_topup(keyboards.back_to_menu(), settings.stars_enabled)
+        if result.outcome is BuyOutcome.SHORT
         else keyboards.back_to_menu()
     )
     await callback.bot.send_message(  # type: ignore[union-attr]

@@ -96,7 +96,7 @@ class UserAccess(BaseMiddleware):
         data["is_admin"] = self._access.is_admin(tg_user.id)
         with self._i18n.use_locale(locale):
             verdict = self._access.verdict(tg_user.id, user)
-            if verdict is not Verdict.ALLOWED:
+            if verdict is not Verdict.ALLOWED and not _money_notice(event):
                 await self._refuse(event, verdict, tg_user.id)
                 return None
             return await handler(event, data)
@@ -107,8 +107,18 @@ class UserAccess(BaseMiddleware):
             return
         if event.callback_query is not None:
             await event.callback_query.answer(texts.plain_short(text), show_alert=True)
+        elif event.pre_checkout_query is not None:  # refused now, not by a 10 s timeout
+            await event.pre_checkout_query.answer(ok=False, error_message=texts.plain_short(text))
         elif event.message is not None:
             await event.message.answer(text)
+
+
+def _money_notice(event: TelegramObject) -> bool:
+    """Telegram telling us Stars moved: recorded for anyone, banned or not."""
+    message = event.message if isinstance(event, Update) else None
+    return message is not None and (
+        message.successful_payment is not None or message.refunded_payment is not None
+    )
 
 
 def setup_middlewares(

@@ -74,6 +74,7 @@ __all__ = [
     "FakeTelegram",
     "FakeUser",
     "MessageSnapshot",
+    "StarPayment",
     "WebhookPost",
 ]
 
@@ -138,6 +139,7 @@ INT_FIELDS = frozenset(
         "user_id",
         "reply_to_message_id",
         "max_connections",
+        "max_tip_amount",
     }
 )
 BOOL_FIELDS = frozenset(
@@ -151,6 +153,8 @@ BOOL_FIELDS = frozenset(
         "allow_paid_broadcast",
         "for_channels",
         "is_big",
+        "ok",
+        "is_flexible",
     }
 )
 CHAT_ACTIONS = frozenset(
@@ -198,8 +202,11 @@ COUNTED_METHODS = frozenset(
 )
 # Methods that `fake.block()` and `fake.flood()` apply to.
 WRITE_METHODS = frozenset(
-    {"sendMessage", "sendChatAction", "editMessageText", "editMessageReplyMarkup"}
+    {"sendMessage", "sendChatAction", "editMessageText", "editMessageReplyMarkup", "sendInvoice"}
 )
+STARS = "XTR"
+MAX_INVOICE_STARS = 10_000
+PRE_CHECKOUT_TIMEOUT = 10.0  # seconds Telegram waits for answerPreCheckoutQuery
 
 
 # --------------------------------------------------------------------------- records
@@ -276,6 +283,8 @@ class FakeMessage:
     deleted: bool = False
     edit_date: int | None = None
     seq: int = 0  # the fake's change counter at the last send/edit/delete
+    invoice: JSONDict | None = None  # sendInvoice: the Invoice object Telegram shows
+    invoice_payload: str | None = None  # ... and its payload (never shown to the user)
 
     @property
     def inline_markup(self) -> JSONDict | None:
@@ -330,6 +339,29 @@ class _Callback:
     created: float
     answered: bool = False
     answer: Params | None = None
+
+
+@dataclass
+class _PreCheckout:
+    id: str
+    user_id: int
+    created: float
+    answered: bool = False
+    answer: Params | None = None
+
+
+@dataclass
+class StarPayment:
+    """One press of Pay: what pre-checkout said and, when approved, the charge."""
+
+    query_id: str
+    user_id: int
+    amount: int
+    payload: str
+    ok: bool  # the bot answered ok=True in time
+    error_message: str | None = None  # the bot's refusal, or "timeout"
+    charge_id: str | None = None  # telegram_payment_charge_id once paid
+    refunded: bool = False
 
 
 @dataclass
@@ -618,6 +650,64 @@ class FakeUser:
             f"available: {message.labels}\n{self.transcript()}"
         )
 
+    @property
+    def invoices(self) -> list[FakeMessage]:
+        """The bot's invoice messages in this chat, oldest first."""
+        return [m for m in self.messages if m.invoice is not None]
+
+    async def pay(
+        self,
+        invoice: FakeMessage | int,
+        *,
+        total_amount: int | None = None,
+        payload: str | None = None,
+        currency: str | None = None,
+        deliver: bool = True,
+    ) -> StarPayment:
+        """Press Pay on an invoice: a pre_checkout_query goes to the bot; if it answers
+        ok=True within the deadline, the Stars are taken (a transaction is recorded) and,
+        with `deliver`, the successful_payment message follows. `total_amount`, `payload`
+        and `currency` forge what the query carries (tests of the bot's checks)."""
+        message = self.message(invoice) if isinstance(invoice, int) else invoice
+        if message.invoice is None or message.invoice_payload is None:
+            raise AssertionError(f"message #{message.message_id} is not an invoice")
+        fake = self.fake
+        amount = message.invoice["total_amount"] if total_amount is None else total_amount
+        sent_payload = message.invoice_payload if payload is None else payload
+        fake._callback_counter += 1
+        query = _PreCheckout(
+            id=str(5_550_000_000_000_000_000 + fake._callback_counter),
+            user_id=self.id,
+            created=time.monotonic(),
+        )
+        fake._pre_checkouts[query.id] = query
+        fake._put(
+            "pre_checkout_query",
+            {
+                "id": query.id,
+                "from": self.to_json(),
+                "currency": message.invoice["currency"] if currency is None else currency,
+                "total_amount": amount,
+                "invoice_payload": sent_payload,
+            },
+        )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + fake.pre_checkout_timeout
+        while not query.answered and loop.time() < deadline:
+            await self._signal.wait(deadline - loop.time())
+        payment = StarPayment(query.id, self.id, amount, sent_payload, ok=False)
+        if not query.answered or query.answer is None:
+            payment.error_message = "timeout"
+            return payment
+        if not query.answer.get("ok"):
+            payment.error_message = str(query.answer.get("error_message"))
+            return payment
+        payment.ok = True
+        fake._charge(self, payment)
+        if deliver:
+            fake.deliver_payment(payment)
+        return payment
+
     async def click_data(self, data: str, message_id: int) -> str:
         """Send a callback_query with arbitrary (possibly forged) data on a message."""
         return self._callback(self.message(message_id), data)
@@ -807,7 +897,12 @@ class FakeTelegram:
         self.bot_in_groups: set[int] = set()  # groups the bot is a member of
         self.left_chats: list[int] = []  # leaveChat calls, in order
         self._callbacks: dict[str, _Callback] = {}
+        self._pre_checkouts: dict[str, _PreCheckout] = {}
+        self.pre_checkout_timeout = PRE_CHECKOUT_TIMEOUT
+        self.payments: dict[str, StarPayment] = {}  # charge id -> the payment
+        self.star_transactions: list[JSONDict] = []  # chronological, as Telegram lists them
         self._callback_counter = 0
+        self._charge_counter = 0
         self._seq = 0
 
         self._updates: list[JSONDict] = []
@@ -867,6 +962,10 @@ class FakeTelegram:
             "answerCallbackQuery": self._answer_callback_query,
             "sendChatAction": self._send_chat_action,
             "getChat": self._get_chat,
+            "sendInvoice": self._send_invoice,
+            "answerPreCheckoutQuery": self._answer_pre_checkout_query,
+            "refundStarPayment": self._refund_star_payment,
+            "getStarTransactions": self._get_star_transactions,
             "leaveChat": self._leave_chat,
             "close": self._ok,
             "logOut": self._ok,
@@ -1097,6 +1196,31 @@ class FakeTelegram:
                 start += 1
             best = max(best, end - start + 1)
         return best
+
+    def deliver_payment(self, payment: StarPayment) -> int:
+        """The successful_payment message of a paid invoice (again, if called again: a
+        redelivery). Returns the update id."""
+        if not payment.ok or payment.charge_id is None:
+            raise ValueError("only a paid invoice has a successful_payment")
+        user = self._users[payment.user_id]
+        return self._service_message(
+            user,
+            "successful_payment",
+            {
+                "currency": STARS,
+                "total_amount": payment.amount,
+                "invoice_payload": payment.payload,
+                "telegram_payment_charge_id": payment.charge_id,
+                "provider_payment_charge_id": "",
+            },
+        )
+
+    @property
+    def stars_balance(self) -> int:
+        """Stars the bot holds: payments in, refunds out."""
+        return sum(
+            tx["amount"] if "source" in tx else -tx["amount"] for tx in self.star_transactions
+        )
 
     def route_webhook(self, targets: Iterable[str]) -> None:
         """Post webhook updates to these URLs in turn (a load balancer in front of several
@@ -1511,6 +1635,11 @@ class FakeTelegram:
         }
         if message.edit_date is not None:
             data["edit_date"] = message.edit_date
+        if message.invoice is not None:
+            data["invoice"] = message.invoice
+            if message.inline_markup is not None:
+                data["reply_markup"] = message.inline_markup
+            return data
         data["text"] = message.text
         if message.entities:
             data["entities"] = message.entities
@@ -1873,6 +2002,164 @@ class FakeTelegram:
         self._check_writable(user)
         user.chat_actions.append(str(action))
         return True
+
+    # ---- payments (Telegram Stars only: currency XTR, no provider)
+
+    def _service_message(self, user: FakeUser, kind: str, data: JSONDict) -> int:
+        message = FakeMessage(
+            user._take_id(), user.id, f"[{kind}]", f"[{kind}]", _now(), from_bot=False
+        )
+        user._add(message)
+        return self._put(
+            "message",
+            {
+                "message_id": message.message_id,
+                "from": user.to_json(),
+                "chat": user.chat_json(),
+                "date": message.date,
+                kind: data,
+            },
+        )
+
+    def _charge(self, user: FakeUser, payment: StarPayment) -> None:
+        self._charge_counter += 1
+        payment.charge_id = f"stxF{self._charge_counter:08d}{self.bot_id % 1000:03d}Tq"
+        self.payments[payment.charge_id] = payment
+        self.star_transactions.append(
+            {
+                "id": payment.charge_id,
+                "amount": payment.amount,
+                "date": _now(),
+                "source": {
+                    "type": "user",
+                    "transaction_type": "invoice_payment",
+                    "user": user.to_json(),
+                    "invoice_payload": payment.payload,
+                },
+            }
+        )
+
+    def _send_invoice(self, p: Params, request: web.Request) -> JSONDict:
+        user = self._chat(p)
+        title, description, payload = p.get("title"), p.get("description"), p.get("payload")
+        if not isinstance(title, str) or not 1 <= len(title) <= 32:
+            raise _bad("INVOICE_TITLE_INVALID" if title else 'parameter "title" is required')
+        if not isinstance(description, str) or not 1 <= len(description) <= 255:
+            raise _bad("INVOICE_DESCRIPTION_INVALID")
+        if not isinstance(payload, str) or not 1 <= len(payload.encode()) <= 128:
+            raise _bad("INVOICE_PAYLOAD_INVALID")
+        if p.get("currency") != STARS:
+            raise _bad("CURRENCY_INVALID")  # the fake knows only Stars
+        if p.get("provider_token"):
+            raise _bad("PAYMENT_PROVIDER_INVALID")  # Stars take no provider token
+        prices = p.get("prices")
+        if not isinstance(prices, list) or len(prices) != 1:
+            raise _bad("STARS_INVOICE_INVALID")  # exactly one price in Stars
+        price = prices[0]
+        if (
+            not isinstance(price, dict)
+            or not isinstance(price.get("label"), str)
+            or not price["label"]
+            or not isinstance(price.get("amount"), int)
+            or isinstance(price.get("amount"), bool)
+        ):
+            raise _bad("can't parse prices JSON object")
+        if not 1 <= price["amount"] <= MAX_INVOICE_STARS:
+            raise _bad("STARS_INVOICE_INVALID")
+        if p.get("max_tip_amount") or p.get("suggested_tip_amounts") or p.get("is_flexible"):
+            raise _bad("STARS_INVOICE_INVALID")  # no tips or shipping in Stars
+        markup = self._markup(p.get("reply_markup"), inline_only=True)
+        if markup is not None:
+            first = markup["inline_keyboard"][0][0] if markup["inline_keyboard"] else {}
+            if not first.get("pay"):
+                raise _bad("REPLY_MARKUP_BUY_EMPTY")
+        self._check_writable(user)
+        invoice = {
+            "title": title,
+            "description": description,
+            "start_parameter": p.get("start_parameter") or "",
+            "currency": STARS,
+            "total_amount": price["amount"],
+        }
+        text = f"{title}\n{description}\n{price['amount']} {STARS}"
+        message = FakeMessage(
+            message_id=user._take_id(),
+            chat_id=user.id,
+            text=text,
+            html=text,
+            date=_now(),
+            reply_markup=markup,
+            invoice=invoice,
+            invoice_payload=payload,
+        )
+        user._add(message)
+        return self._message_json(message)
+
+    def _answer_pre_checkout_query(self, p: Params, request: web.Request) -> bool:
+        query_id = p.get("pre_checkout_query_id")
+        if not query_id:
+            raise _bad('parameter "pre_checkout_query_id" is required')
+        if "ok" not in p:
+            raise _bad('parameter "ok" is required')
+        query = self._pre_checkouts.get(str(query_id))
+        late = query is not None and time.monotonic() - query.created > self.pre_checkout_timeout
+        if query is None or query.answered or late:
+            raise _bad(QUERY_TOO_OLD.removeprefix("Bad Request: "))
+        if not p["ok"]:
+            error = p.get("error_message")
+            if not isinstance(error, str) or not error.strip():
+                raise _bad("ERROR_MESSAGE_EMPTY")  # a refusal must say why
+        query.answered = True
+        query.answer = {k: v for k, v in p.items() if k != "pre_checkout_query_id"}
+        self._users[query.user_id]._changed()
+        return True
+
+    def _refund_star_payment(self, p: Params, request: web.Request) -> bool:
+        user_id, charge_id = p.get("user_id"), p.get("telegram_payment_charge_id")
+        if not isinstance(user_id, int):
+            raise _bad('parameter "user_id" is required')
+        if not charge_id:
+            raise _bad('parameter "telegram_payment_charge_id" is required')
+        payment = self.payments.get(str(charge_id))
+        if payment is None or payment.user_id != user_id:
+            raise _bad("CHARGE_NOT_FOUND")
+        if payment.refunded:
+            raise _bad("CHARGE_ALREADY_REFUNDED")
+        payment.refunded = True
+        user = self._users[user_id]
+        self.star_transactions.append(
+            {
+                "id": payment.charge_id,  # a refund has the id of the payment it returns
+                "amount": payment.amount,
+                "date": _now(),
+                "receiver": {
+                    "type": "user",
+                    "transaction_type": "invoice_payment",
+                    "user": user.to_json(),
+                    "invoice_payload": payment.payload,
+                },
+            }
+        )
+        self._service_message(
+            user,
+            "refunded_payment",
+            {
+                "currency": STARS,
+                "total_amount": payment.amount,
+                "invoice_payload": payment.payload,
+                "telegram_payment_charge_id": payment.charge_id,
+            },
+        )
+        return True
+
+    def _get_star_transactions(self, p: Params, request: web.Request) -> JSONDict:
+        offset = p.get("offset") or 0
+        limit = p.get("limit") if p.get("limit") is not None else 100
+        if offset < 0:
+            raise _bad("invalid offset specified")
+        if not 1 <= limit <= 100:
+            raise _bad("invalid limit specified")
+        return {"transactions": self.star_transactions[offset : offset + limit]}
 
     def _leave_chat(self, p: Params, request: web.Request) -> bool:
         chat_id = p.get("chat_id")

@@ -1,10 +1,14 @@
 """The database: SQLAlchemy Core (async) over aiosqlite or asyncpg (see storage/engine.py).
 
-Every repository call is ONE transaction run as its own task on its own pooled connection,
-and the caller awaits it through `asyncio.shield`. A cancelled caller (a handler timing out,
-a shutdown) therefore cannot cut a transaction in half: the task goes on to COMMIT or
-ROLLBACK on its own, the caller just does not see the outcome. `close()` waits for such
-orphaned transactions before disposing of the pool. Two tasks never share a connection.
+Every repository call is ONE transaction that no caller runs itself, so a cancelled caller
+(a handler timing out, a shutdown) cannot cut it in half: it goes on to COMMIT or ROLLBACK,
+the caller just does not see the outcome, and `close()` waits for it.
+
+- SQLite writes: one writer task, several calls per COMMIT, a SAVEPOINT each
+  (storage/group_commit.py); single-statement reads: one reader task on its own connection
+  (storage/reader.py). Each task owns its connection.
+- Everything else (PostgreSQL, snapshot reads): a task of its own on its own pooled
+  connection, awaited through `asyncio.shield`. Two tasks never share a connection.
 """
 
 from __future__ import annotations
@@ -22,9 +26,12 @@ from storage.broadcasts import Broadcasts
 from storage.codes import Codes
 from storage.engine import Engines, database_path, make_engines
 from storage.fsm import FsmData
+from storage.group_commit import GroupCommit
 from storage.kv import KeyValue
 from storage.orders import Orders
 from storage.outbox import Outbox
+from storage.payments import Payments
+from storage.reader import SerialReader
 from storage.stats import Stats
 from storage.updates import HandledUpdates
 from storage.users import Users
@@ -42,9 +49,11 @@ class Database:
     def __init__(self, engines: Engines) -> None:
         self._engines = engines
         self.is_sqlite = engines.is_sqlite
-        # SQLite has one writer at a time anyway (BEGIN IMMEDIATE): queueing here instead of
-        # in SQLite's busy handler keeps the wait short and fair.
-        self._write_lock: asyncio.Lock | None = asyncio.Lock() if engines.is_sqlite else None
+        # SQLite has one writer at a time anyway (BEGIN IMMEDIATE): one writer task runs the
+        # queued write calls, several per COMMIT (storage/group_commit.py).
+        self._group = GroupCommit(engines.write) if engines.is_sqlite else None
+        # ... and one reader task answers single-statement reads (storage/reader.py).
+        self._reader = SerialReader(engines.read) if engines.is_sqlite else None
         self._running: set[asyncio.Task[Any]] = set()
         self._closed = False
         self.users = Users(self)
@@ -53,6 +62,7 @@ class Database:
         self.wallet = Wallet(self)
         self.kv = KeyValue(self)
         self.stats = Stats(self)
+        self.payments = Payments(self)
         self.fsm = FsmData(self)
         self.outbox = Outbox(self)
         self.broadcasts = Broadcasts(self)
@@ -88,12 +98,16 @@ class Database:
     async def drain(self) -> None:
         """Wait until every transaction started so far has ended, including those whose
         callers were cancelled (they still commit or roll back on their own)."""
-        while self._running:
+        while self._running or (self._group is not None and self._group.busy):
             await asyncio.gather(*list(self._running), return_exceptions=True)
+            if self._group is not None:
+                await self._group.drain()
 
     async def close(self) -> None:
         self._closed = True
         await self.drain()
+        if self._reader is not None:
+            await self._reader.close()
         if self.is_sqlite:
             with contextlib.suppress(Exception):
                 async with self._engines.base.connect() as conn:
@@ -107,12 +121,24 @@ class Database:
         await self.close()
 
     async def write(self, fn: Tx[T]) -> T:
-        """Run `fn(conn)` as one write transaction (BEGIN IMMEDIATE on SQLite)."""
-        return await self._shielded(self._write(fn))
+        """Run `fn(conn)` as one write transaction: whole or not at all, and done (on disk)
+        when this returns. SQLite: in the writer's BEGIN IMMEDIATE batch, after a SAVEPOINT
+        of its own (storage/group_commit.py)."""
+        if self._group is None:
+            return await self._shielded(self._in(self._engines.write, fn))
+        if self._closed:
+            raise RuntimeError("the database is closed")
+        result: T = await asyncio.shield(self._group.submit(fn))
+        return result
 
     async def read(self, fn: Tx[T]) -> T:
-        """Run `fn(conn)` for reads that need no common snapshot."""
-        return await self._shielded(self._in(self._engines.read, fn))
+        """Run `fn(conn)` for ONE statement's read (autocommit: no transaction around it)."""
+        if self._reader is None:
+            return await self._shielded(self._in(self._engines.read, fn))
+        if self._closed:
+            raise RuntimeError("the database is closed")
+        result: T = await self._reader.submit(fn)
+        return result
 
     async def read_snapshot(self, fn: Tx[T]) -> T:
         """Run `fn(conn)` in one read transaction: every SELECT sees the same state."""
@@ -125,12 +151,6 @@ class Database:
             return await conn.run_sync(_migrate.current_revision)
 
         return await self.read(q)
-
-    async def _write(self, fn: Tx[T]) -> T:
-        if self._write_lock is None:
-            return await self._in(self._engines.write, fn)
-        async with self._write_lock:
-            return await self._in(self._engines.write, fn)
 
     @staticmethod
     async def _in(engine: AsyncEngine, fn: Tx[T]) -> T:

@@ -10,15 +10,20 @@ PostgreSQL takes that row's lock until COMMIT.
 Where they differ (and nowhere else):
 
 - Write transaction. SQLite: `BEGIN IMMEDIATE` takes the file's write lock at BEGIN, so
-  writers run one at a time (one asyncio.Lock per process queues them before the busy
-  handler would). PostgreSQL: READ COMMITTED; writers of one user queue on that user's row
-  lock (taken by `ledger.lock_user`'s UPDATE), other users' writes run in parallel.
+  writers run one at a time: one writer task per process runs the queued write calls, several
+  per COMMIT, a SAVEPOINT each (storage/group_commit.py). PostgreSQL: READ COMMITTED; writers
+  of one user queue on that user's row lock (taken by `ledger.lock_user`'s UPDATE), other
+  users' writes run in parallel, each call on its own pooled connection.
+- Single-statement read (`read`). SQLite: autocommit on one dedicated reader connection
+  (storage/reader.py). PostgreSQL: AUTOCOMMIT on a pooled connection. One statement sees one
+  state on both.
 - Consistent read (`read_snapshot`). SQLite: deferred `BEGIN` (a WAL snapshot).
   PostgreSQL: REPEATABLE READ.
 - Durability. SQLite: WAL with `synchronous=FULL`, so a committed ledger row survives a
   power cut. PostgreSQL: the server's fsync.
 - Connection setup. SQLite: busy_timeout, WAL, foreign_keys, and the driver's own BEGIN
-  switched off. PostgreSQL: nothing.
+  switched off; aiosqlite under a one-hop adapter (storage/sqlite_driver.py). PostgreSQL:
+  nothing.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from storage import sqlite_driver
 
 BUSY_TIMEOUT_MS = 10_000
 
@@ -82,22 +89,36 @@ def make_engines(url_or_path: str | Path) -> Engines:
     if url.get_backend_name() == "sqlite":
         assert url.database
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-        # pool_reset_on_return=None: every checkout ends in our own COMMIT or ROLLBACK, so
-        # the pool's extra ROLLBACK would only cost one more thread hop per call.
-        base = create_async_engine(url, pool_size=4, max_overflow=4, pool_reset_on_return=None)
+        # The pool's ROLLBACK on return stays: it costs no thread hop when SQLite says no
+        # transaction is open (storage/sqlite_driver.py), and it is what ends a transaction
+        # whose COMMIT failed (a deferred constraint, a full disk) before the next checkout.
+        # 8 kept: a connection beyond the pool is a new thread and file handle each time.
+        one_hop: dict[str, Any] = (
+            {"module": sqlite_driver.dbapi()} if sqlite_driver.SUPPORTED else {}
+        )
+        base = create_async_engine(url, pool_size=8, max_overflow=8, **one_hop)
         _sqlite_events(base)
         return Engines(
             base=base,
             write=base.execution_options(sqlite_begin="BEGIN IMMEDIATE"),
-            read=base.execution_options(sqlite_begin="BEGIN"),
+            # A single SELECT is its own transaction in autocommit: no BEGIN, no COMMIT.
+            read=base.execution_options(sqlite_begin=None),
             snapshot=base.execution_options(sqlite_begin="BEGIN"),
             is_sqlite=True,
         )
-    base = create_async_engine(url, pool_size=10, max_overflow=10)
+    # 16 kept: a connection beyond the pool is a new PostgreSQL backend each time, and a
+    # busy bot has that many calls in flight. Prepared statements are cached per connection.
+    base = create_async_engine(
+        url,
+        pool_size=16,
+        max_overflow=8,
+        connect_args={"prepared_statement_cache_size": 256},
+    )
     return Engines(
         base=base,
         write=base,
-        read=base,
+        # A single SELECT needs no transaction around it: no BEGIN and COMMIT round trips.
+        read=base.execution_options(isolation_level="AUTOCOMMIT"),
         snapshot=base.execution_options(isolation_level="REPEATABLE READ"),
         is_sqlite=False,
     )
@@ -124,5 +145,10 @@ def _sqlite_events(engine: AsyncEngine) -> None:
     @event.listens_for(engine.sync_engine, "begin")
     def _begin(conn: Connection) -> None:
         begin = conn.get_execution_options().get("sqlite_begin", "BEGIN IMMEDIATE")
-        if begin is not None:  # None: the caller BEGINs itself (storage.migrate)
+        if begin is None:  # autocommit reads, or the caller BEGINs itself (storage.migrate)
+            return
+        dbapi_connection = conn.connection.dbapi_connection
+        if isinstance(dbapi_connection, sqlite_driver.OneHopConnection):
+            dbapi_connection.defer(begin)  # goes with the first statement: one hop less
+        else:
             conn.exec_driver_sql(begin)

@@ -30,8 +30,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from storage.engine import Engines
 from storage.errors import MigrationError
 
-log = logging.getLogger(__name__)
-
+_log = logging.getLogger(__name__)
+# Alembic says at INFO, every time it looks at a database, which implementation it picked;
+# only a step that actually ran is worth a line in the bot's log (logged below).
+logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)
 _ADVISORY_LOCK_ID = 0x5D5_3A11  # any constant shared by every replica of this bot
 _LEGACY_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
@@ -82,23 +84,6 @@ async def _upgrade_sqlite(conn: AsyncConnection, target: str) -> None:
 
 
 def _run(connection: Connection, target: str) -> None:
-    # Alembic's own INFO lines ("Context impl SQLiteImpl.") come at every start, upgrade or
-    # not; one line of ours says when the schema really moved.
-    alembic_log = logging.getLogger("alembic")
-    level = alembic_log.level
-    if not log.isEnabledFor(logging.DEBUG):
-        alembic_log.setLevel(logging.WARNING)
-    try:
-        current = _upgrade(connection, target)
-        upgraded = current_revision(connection)
-    finally:
-        alembic_log.setLevel(level)
-    if upgraded != current:
-        log.info("database schema upgraded from %s to %s", current or "nothing", upgraded)
-
-
-def _upgrade(connection: Connection, target: str) -> str | None:
-    """Upgrade to `target`; the revision it started from."""
     known = {
         script.revision for script in ScriptDirectory.from_config(alembic_config()).walk_revisions()
     }
@@ -109,7 +94,9 @@ def _upgrade(connection: Connection, target: str) -> str | None:
             " refusing to open it"
         )
     command.upgrade(alembic_config(connection), target)
-    return current
+    after = current_revision(connection)
+    if after != current:
+        _log.info("database schema upgraded from %s to %s", current or "nothing", after)
 
 
 # -- the sqlite3-era steps, used by the baseline revision -------------------------------

@@ -138,8 +138,10 @@ _INSERT_ORDER = text(
     " :multiple_sms, :key, :now) RETURNING id"
 )
 _BY_KEY = text(f"SELECT {ORDER_COLUMNS} FROM orders WHERE idempotency_key = :key")
-_LIMIT_COUNTS = text(
-    "SELECT COUNT(*) FILTER (WHERE status IN ('purchasing', 'waiting')),"
+# The duplicate check and both limits in one statement (one round trip less per purchase).
+_KEY_AND_LIMITS = text(
+    "SELECT (SELECT id FROM orders WHERE idempotency_key = :key),"
+    " COUNT(*) FILTER (WHERE status IN ('purchasing', 'waiting')),"
     " COUNT(*) FILTER (WHERE created_at >= :since)"
     " FROM orders WHERE user_id = :user_id"
     " AND (status IN ('purchasing', 'waiting') OR created_at >= :since)"
@@ -224,13 +226,17 @@ class Orders:
 
         async def tx(conn: AsyncConnection) -> Order:
             banned, _balance = await ledger.lock_user(conn, user_id, ts)
-            existing = await sql.first(conn, _BY_KEY, key=idempotency_key)
-            if existing is not None:
+            found = await sql.first(
+                conn, _KEY_AND_LIMITS, key=idempotency_key, user_id=user_id, since=ts - 60
+            )
+            assert found is not None  # an aggregate without GROUP BY: always one row
+            if found[0] is not None:
+                existing = await sql.first(conn, _GET, order_id=found[0])
+                assert existing is not None
                 raise DuplicateOrder(rows.order(existing))
             if banned:
                 raise UserBanned(f"user {user_id} is banned")
-            counts = await sql.first(conn, _LIMIT_COUNTS, user_id=user_id, since=ts - 60)
-            active, recent = (int(counts[0] or 0), int(counts[1] or 0)) if counts else (0, 0)
+            active, recent = int(found[1] or 0), int(found[2] or 0)
             if active >= max_active:
                 raise TooManyActiveOrders(max_active)
             if max_per_minute is not None and recent >= max_per_minute:

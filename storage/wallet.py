@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from storage import ledger, rows, sql
+from storage import ledger, payments, rows, sql
 from storage.errors import InsufficientFunds, InvalidAmount
 from storage.models import LedgerKind, LedgerRow, Money, OrderStatus
 from storage.rows import LEDGER_COLUMNS
@@ -155,7 +155,8 @@ class Wallet:
             assert row is not None
             return int(row[0] or 0), int(row[1] or 0)
 
-        return await self._db.read_snapshot(q)
+        # One SELECT sees one state on both engines: no snapshot transaction needed.
+        return await self._db.read(q)
 
     async def holds_money(self) -> bool:
         """True while any wallet has a balance or any order has money on hold: what a
@@ -235,4 +236,5 @@ async def invariant_violations(conn: AsyncConnection) -> list[str]:
             )
         if other_user:
             problems.append(f"order {order_id}: {other_user} ledger row(s) of another user")
+    problems += await payments.violations(conn)  # Stars top-ups and their refunds
     return problems

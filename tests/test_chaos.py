@@ -1,9 +1,11 @@
 """Nothing lost: the bot process in shop mode under SIGKILLs, provider faults and floods.
 
-Fifty users buy, cancel and finish numbers while the run kills and restarts the bot at
+Fifty users buy, cancel and finish numbers, and ten more top their wallets up with
+Telegram Stars (some payments redelivered), while the run kills and restarts the bot at
 random moments, the fake SMS-Man fails a fifth of all calls in every way it can (before
 and after the effect), and the fake Telegram answers bursts of 429. Afterwards the books
-and the chats must agree with what SMS-Man handed out.
+and the chats must agree with what SMS-Man handed out, and every Star Telegram took must be
+credited exactly once.
 """
 
 from __future__ import annotations
@@ -23,11 +25,12 @@ from typing import Any
 import pytest
 
 from sandbox.smsman import FAULT_KINDS, FakeSmsMan
-from sandbox.telegram import Call, FakeTelegram, FakeUser
+from sandbox.telegram import Call, FakeTelegram, FakeUser, StarPayment
 from storage.db import Database
 from storage.models import LedgerKind, Money, OrderStatus
 from tests.botproc import BotProcess, buy, code_sends, wait_until
 from tests.conftest import RUN_FIGURES
+from tests.test_stars import invoice_for
 
 SEED = 20261128
 USERS = 50
@@ -36,6 +39,8 @@ MIN_RESTARTS = 10
 ACTIVATION_TIMEOUT = 10
 WALLET = 1_000_00  # minor units each user starts with
 ADMIN = 1000
+TOPPERS = range(101, 111)  # users who only top up with Stars
+STARS_RATE = Decimal("1.35")
 
 
 class Chaos:
@@ -48,6 +53,7 @@ class Chaos:
         self.stop_at = 0.0
         self.actions: Counter[str] = Counter()
         self.scheduled: set[int] = set()
+        self.payments: list[StarPayment] = []
 
     async def codes_appear(self) -> None:
         """Most numbers get a code at a random moment, some never do."""
@@ -77,6 +83,27 @@ class Chaos:
             # SIGKILL was on its way still belongs to the run it interrupted.
             self.kills.append(time.monotonic())
             await self.bot.start(timeout=60)
+
+    async def topper(self, user: FakeUser) -> None:
+        """Top-ups with Stars; now and then Telegram hands the payment out twice."""
+        rng = random.Random(SEED - user.id)
+        while time.monotonic() < self.stop_at:
+            try:
+                invoice = await invoice_for(user, rng.choice([50, 100, 250]))
+            except AssertionError:
+                self.actions["topup interrupted"] += 1
+                await asyncio.sleep(rng.uniform(0.2, 1.0))
+                continue
+            payment = await user.pay(invoice)
+            if payment.ok:
+                self.payments.append(payment)
+                self.actions["topped up"] += 1
+                if rng.random() < 0.3:
+                    self.telegram.deliver_payment(payment)
+                    self.actions["payment redelivered"] += 1
+            else:
+                self.actions[f"payment refused: {payment.error_message}"] += 1
+            await asyncio.sleep(rng.uniform(0.3, 1.5))
 
     async def shopper(self, user: FakeUser) -> None:
         rng = random.Random(SEED + user.id)
@@ -147,11 +174,13 @@ async def test_chaos_nothing_lost(tmp_path: Path, database_url: str) -> None:
             smsman_max_concurrency=20,
             purchases_per_minute=1000,
             max_active_orders=3,
+            stars_rate=STARS_RATE,
             log_level="INFO",
             telegram_max_rps=250,
         )
         await _credit_wallets(bot.database_url, user_ids)
         users = [telegram.user(uid, first_name=f"U{uid}") for uid in user_ids]
+        toppers = [telegram.user(uid, first_name=f"T{uid}") for uid in TOPPERS]
         chaos = Chaos(telegram, smsman, bot)
         await bot.start(timeout=60)
         smsman.fault_rate = 0.2
@@ -164,6 +193,7 @@ async def test_chaos_nothing_lost(tmp_path: Path, database_url: str) -> None:
             asyncio.create_task(chaos.killer()),
             asyncio.create_task(chaos.floods()),
             *(asyncio.create_task(chaos.shopper(user)) for user in users),
+            *(asyncio.create_task(chaos.topper(user)) for user in toppers),
         ]
         try:
             await asyncio.wait_for(asyncio.gather(*stress), STRESS_SECONDS + 120)
@@ -188,6 +218,12 @@ async def test_chaos_nothing_lost(tmp_path: Path, database_url: str) -> None:
                     )
 
                 await wait_until(codes_out, timeout=10)
+
+                async def all_credited() -> bool:
+                    known = await db.payments.known(str(p.charge_id) for p in chaos.payments)
+                    return len(known) == len(chaos.payments)
+
+                await wait_until(all_credited, timeout=10, interval=0.2)
             finally:
                 await db.close()
             assert await bot.terminate() == 0
@@ -244,8 +280,21 @@ def _unexpected_errors(telegram: FakeTelegram, chaos: Chaos) -> list[object]:
                 callback.created < kill < refused for kill in chaos.kills
             ):
                 continue
+        if error.method == "answerPreCheckoutQuery" and "too old" in error.description:
+            query = telegram._pre_checkouts.get(str(error.params.get("pre_checkout_query_id")))
+            if query is not None and any(query.created < kill for kill in chaos.kills):
+                continue  # the same: answered by a process killed before confirming it
         unexpected.append(error)
     return unexpected
+
+
+async def _reconciled(db: Database, chaos: Chaos) -> set[str]:
+    found = set()
+    for payment in chaos.payments:
+        stored = await db.payments.get(str(payment.charge_id))
+        if stored is not None and stored.source.value == "reconciled":
+            found.add(stored.charge_id)
+    return found
 
 
 def _repeated_across_a_kill(
@@ -299,6 +348,18 @@ async def _check_books(
             )
         delivered += 1
 
+    # Every Star Telegram took is in exactly one wallet, at the rate quoted.
+    for payment in chaos.payments:
+        stored = await db.payments.get(str(payment.charge_id))
+        assert stored is not None, f"payment {payment.charge_id} never credited"
+        assert (stored.user_id, stored.stars) == (payment.user_id, payment.amount)
+        assert stored.amount == int(payment.amount * STARS_RATE * 100)
+    for user_id in TOPPERS:
+        paid = sum(int(p.amount * STARS_RATE * 100) for p in chaos.payments if p.user_id == user_id)
+        assert await db.wallet.balance(user_id) == (paid, 0), user_id
+    assert telegram.stars_balance == sum(p.amount for p in chaos.payments)
+    reconciled = len(await _reconciled(db, chaos))
+
     refunds = 0
     for order in orders:
         codes = await db.orders.codes_of(order.id)
@@ -325,6 +386,8 @@ async def _check_books(
                 f"chaos: users={USERS} orders={len(orders)}",
                 f"codes handed out={len(smsman.handed_out)} codes delivered={delivered}",
                 f"refunds={refunds} restarts={len(chaos.kills)}",
+                f"stars top-ups={len(chaos.payments)} (reconciled after a lost update:"
+                f" {reconciled})",
                 f"provider faults={sum(smsman.faults_injected.values())}",
                 f"telegram 429s={len(telegram.injected)} actions={dict(chaos.actions)}",
                 f"statuses={dict(Counter(o.status.value for o in orders))}",

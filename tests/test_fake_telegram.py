@@ -7,6 +7,7 @@ import contextlib
 import html
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import pytest
@@ -28,7 +29,9 @@ from aiogram.types import (
     CallbackQuery,
     InlineKeyboardButton,
     InlineKeyboardMarkup,
+    LabeledPrice,
     Message,
+    TransactionPartnerUser,
 )
 
 from sandbox.telegram import NOT_MODIFIED, QUERY_TOO_OLD, ApiError, FakeTelegram, FakeUser
@@ -692,3 +695,131 @@ async def test_slow_delays_the_call_and_an_abandoned_call_is_never_acted_on() ->
             assert [m.text for m in user.messages] == ["slow"]
         finally:
             await bot.session.close()
+
+
+# ---- payments in Telegram Stars
+
+
+async def _invoice(bot: Bot, chat_id: int, **overrides: object) -> Message:
+    params: dict[str, Any] = {
+        "chat_id": chat_id,
+        "title": "Top-up",
+        "description": "100 Stars for your wallet",
+        "payload": "p-1",
+        "currency": "XTR",
+        "prices": [LabeledPrice(label="Top-up", amount=100)],
+    }
+    params.update(overrides)
+    return await bot.send_invoice(**params)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "description"),
+    [
+        ({"currency": "USD"}, "CURRENCY_INVALID"),
+        ({"provider_token": "284685063:TEST:abc"}, "PAYMENT_PROVIDER_INVALID"),
+        (
+            {"prices": [LabeledPrice(label="a", amount=50), LabeledPrice(label="b", amount=50)]},
+            "STARS_INVOICE_INVALID",
+        ),
+        ({"prices": [LabeledPrice(label="a", amount=0)]}, "STARS_INVOICE_INVALID"),
+        ({"prices": [LabeledPrice(label="a", amount=10_001)]}, "STARS_INVOICE_INVALID"),
+        ({"payload": "x" * 129}, "INVOICE_PAYLOAD_INVALID"),
+        ({"payload": "я" * 65}, "INVOICE_PAYLOAD_INVALID"),  # 130 bytes
+        ({"title": "t" * 33}, "INVOICE_TITLE_INVALID"),
+        ({"description": "d" * 256}, "INVOICE_DESCRIPTION_INVALID"),
+        ({"max_tip_amount": 10}, "STARS_INVOICE_INVALID"),
+        ({"reply_markup": kb([("Pay", "pay")])}, "REPLY_MARKUP_BUY_EMPTY"),
+    ],
+)
+@pytest.mark.telegram_errors_expected
+async def test_send_invoice_follows_the_stars_rules(
+    fake: FakeTelegram, bot: Bot, ann: FakeUser, overrides: dict[str, object], description: str
+) -> None:
+    with pytest.raises(TelegramBadRequest, match=description):
+        await _invoice(bot, ann.id, **overrides)
+    assert ann.invoices == []
+    sent = await _invoice(bot, ann.id, provider_token="", payload="x" * 128)
+    assert sent.invoice is not None and sent.invoice.currency == "XTR"
+    assert sent.invoice.total_amount == 100
+    [invoice] = ann.invoices
+    assert invoice.invoice_payload == "x" * 128
+
+
+async def _answer_next_pre_checkout(bot: Bot, offset: int, **answer: Any) -> int:
+    """Poll like a bot until a pre_checkout_query arrives; answer it. Returns the offset."""
+    while True:
+        for update in await bot.get_updates(offset=offset, timeout=1):
+            offset = update.update_id + 1
+            if update.pre_checkout_query is not None:
+                await bot.answer_pre_checkout_query(update.pre_checkout_query.id, **answer)
+                return offset
+
+
+async def test_paying_then_refunding_and_the_transactions(
+    fake: FakeTelegram, bot: Bot, ann: FakeUser
+) -> None:
+    await _invoice(bot, ann.id)
+    paying = asyncio.create_task(ann.pay(ann.invoices[-1]))
+    offset = await _answer_next_pre_checkout(bot, 0, ok=True)
+    payment = await paying
+    assert payment.ok and payment.charge_id
+    [update] = [u for u in await bot.get_updates(offset=offset) if u.message is not None]
+    assert update.message is not None and update.message.successful_payment is not None
+    paid = update.message.successful_payment
+    assert (paid.currency, paid.total_amount, paid.invoice_payload) == ("XTR", 100, "p-1")
+    assert paid.telegram_payment_charge_id == payment.charge_id
+
+    result = await bot.get_star_transactions(offset=0, limit=1)
+    [tx] = result.transactions
+    assert tx.id == payment.charge_id and tx.amount == 100
+    assert isinstance(tx.source, TransactionPartnerUser) and tx.source.user.id == ann.id
+    assert tx.source.transaction_type == "invoice_payment"
+    assert tx.source.invoice_payload == "p-1"
+
+    assert await bot.refund_star_payment(ann.id, payment.charge_id)
+    with pytest.raises(TelegramBadRequest, match="CHARGE_ALREADY_REFUNDED"):
+        await bot.refund_star_payment(ann.id, payment.charge_id)
+    with pytest.raises(TelegramBadRequest, match="CHARGE_NOT_FOUND"):
+        await bot.refund_star_payment(ann.id, "stxNOPE")
+    with pytest.raises(TelegramBadRequest, match="CHARGE_NOT_FOUND"):
+        await bot.refund_star_payment(ann.id + 1, payment.charge_id)
+    fake.errors.clear()  # provoked on purpose above
+
+    first = await bot.get_star_transactions(offset=0, limit=1)
+    second = await bot.get_star_transactions(offset=1, limit=1)
+    assert [t.id for t in first.transactions + second.transactions] == [payment.charge_id] * 2
+    refund = second.transactions[0]
+    assert refund.source is None and isinstance(refund.receiver, TransactionPartnerUser)
+    assert (await bot.get_star_transactions(offset=2)).transactions == []
+    assert fake.stars_balance == 0
+    notices = [u.message for u in await bot.get_updates(offset=offset) if u.message is not None]
+    assert [m.refunded_payment.telegram_payment_charge_id for m in notices if m.refunded_payment]
+    with pytest.raises(TelegramBadRequest):
+        await bot.get_star_transactions(limit=101)
+    fake.errors.clear()
+
+
+async def test_pre_checkout_deadline_and_refusals(
+    fake: FakeTelegram, bot: Bot, ann: FakeUser
+) -> None:
+    await _invoice(bot, ann.id)
+    fake.pre_checkout_timeout = 0.3
+    unanswered = await ann.pay(ann.invoices[-1])
+    assert not unanswered.ok and unanswered.error_message == "timeout"
+    await asyncio.sleep(0.05)
+    with pytest.raises(TelegramBadRequest, match="query is too old"):
+        await bot.answer_pre_checkout_query(unanswered.query_id, ok=True)
+    assert fake.star_transactions == []
+
+    fake.pre_checkout_timeout = 10
+    refused = asyncio.create_task(ann.pay(ann.invoices[-1]))
+    await asyncio.sleep(0.05)
+    query_id = str(fake.pending_updates[-1]["pre_checkout_query"]["id"])
+    with pytest.raises(TelegramBadRequest, match="ERROR_MESSAGE_EMPTY"):
+        await bot.answer_pre_checkout_query(query_id, ok=False)
+    await bot.answer_pre_checkout_query(query_id, ok=False, error_message="Sold out")
+    payment = await refused
+    assert not payment.ok and payment.error_message == "Sold out" and payment.charge_id is None
+    assert fake.star_transactions == []
+    fake.errors.clear()

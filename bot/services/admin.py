@@ -40,6 +40,7 @@ from bot.services.pricing import Pricing
 from bot.settings import Settings
 from bot.smsman.client import SmsManClient
 from bot.smsman.errors import SmsManError
+from bot.ui import stars as stars_ui
 from storage.db import Database
 from storage.errors import InsufficientFunds
 from storage.models import LedgerKind, LedgerRow, Order, OrderStatus, User
@@ -55,6 +56,7 @@ NOTE_MAX = 200  # characters of a /credit or /debit note kept
 NOTE_SHOWN = 60  # ... and shown by /user
 USER_ORDERS = 5  # orders /user shows
 USER_LEDGER = 10  # ledger rows /user shows
+USER_PAYMENTS = 5  # Stars top-ups /user shows
 EXAMPLE_COST = 100_00  # /markup shows what a number of this provider cost sells for
 _USER_ID = re.compile(r"^[0-9]{1,16}$")  # ASCII digits: int() also reads "٣" and "³"
 MAX_USER_ID = 2**52  # Telegram: user ids have at most 52 significant bits
@@ -69,8 +71,8 @@ def parse_user_id(text: str) -> int | None:
     return user_id if 0 < user_id < MAX_USER_ID else None
 
 
-def user_commands() -> list[BotCommand]:
-    return [
+def user_commands(stars: bool = False) -> list[BotCommand]:
+    commands = [
         BotCommand(command="start", description=_("Main menu")),
         BotCommand(command="buy", description=_("Buy a number")),
         BotCommand(command="orders", description=_("My orders")),
@@ -78,6 +80,12 @@ def user_commands() -> list[BotCommand]:
         BotCommand(command="help", description=_("How it works")),
         BotCommand(command="language", description=_("Language")),
     ]
+    if stars:
+        commands += [
+            BotCommand(command="topup", description=_("Top up with Telegram Stars")),
+            BotCommand(command="paysupport", description=_("Help with payments and refunds")),
+        ]
+    return commands
 
 
 def admin_commands(shop: bool) -> list[BotCommand]:
@@ -92,6 +100,7 @@ def admin_commands(shop: bool) -> list[BotCommand]:
             BotCommand(command="credit", description=_("Top up a wallet")),
             BotCommand(command="debit", description=_("Take from a wallet")),
             BotCommand(command="markup", description=_("Set the markup")),
+            BotCommand(command="refund", description=_("Refund a Stars top-up")),
         ]
     return commands
 
@@ -252,6 +261,11 @@ class AdminService:
         else:
             lines.append(_("No orders."))
         if self._settings.is_shop:
+            payments = await self._db.payments.list_for_user(user_id, USER_PAYMENTS)
+            if payments:
+                lines.append("")
+                lines.append(_("<b>Stars top-ups</b>:"))
+                lines += [stars_ui.payment_line(p, _when(p.created_at)) for p in payments]
             history = await self._db.wallet.history(user_id, USER_LEDGER)
             if history:
                 lines.append("")
@@ -297,8 +311,10 @@ class AdminService:
         week = await self._db.stats.summary(now - 7 * DAY)
         lines = [_("<b>Today</b> (since 00:00 UTC)")]
         lines += self._summary_lines(today)
+        lines += await self._payment_lines(now - now % DAY)
         lines += ["", _("<b>Last 7 days</b>")]
         lines += self._summary_lines(week)
+        lines += await self._payment_lines(now - 7 * DAY)
         try:
             balance = (await self._client.get_balance()).balance
         except SmsManError as exc:
@@ -339,6 +355,12 @@ class AdminService:
                 )
             )
         return lines
+
+    async def _payment_lines(self, since: float) -> list[str]:
+        if not self._settings.is_shop:
+            return []
+        summary = await self._db.payments.summary(since)
+        return [stars_ui.summary_line(summary, self._settings.currency)]
 
     # -- /ban, /unban --------------------------------------------------------------------
 
@@ -418,7 +440,7 @@ class AdminService:
         """
         for locale in SUPPORTED_LOCALES:
             with self._i18n.use_locale(locale):
-                commands = user_commands()
+                commands = user_commands(self._settings.stars_enabled)
             code = None if locale == "en" else locale
             await bot.set_my_commands(commands, scope=BotCommandScopeDefault(), language_code=code)
         for admin in await self._reachable_admins():
@@ -426,7 +448,9 @@ class AdminService:
 
     async def setup_admin_commands(self, bot: Bot, admin_id: int) -> None:
         with self._i18n.use_locale(await self._locale(admin_id)):
-            commands = user_commands() + admin_commands(self._settings.is_shop)
+            commands = user_commands(self._settings.stars_enabled) + admin_commands(
+                self._settings.is_shop
+            )
         try:
             await bot.set_my_commands(commands, scope=BotCommandScopeChat(chat_id=admin_id))
         except TelegramAPIError as exc:

@@ -14,6 +14,7 @@ class MenuAction(StrEnum):
     BALANCE = "bal"
     HELP = "help"
     LANGUAGE = "lang"
+    TOPUP = "top"
 
 
 class OrderAction(StrEnum):
@@ -65,3 +66,9 @@ class OrderCb(CallbackData, prefix="o"):
 
 class LanguageCb(CallbackData, prefix="l"):
     code: str
+
+
+class TopupCb(CallbackData, prefix="t"):
+    """One of TOPUP_STARS; checked against the setting again when pressed."""
+
+    stars: int
