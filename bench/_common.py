@@ -111,9 +111,11 @@ async def fakes(
     countries: int = 150,
     services: int = 100,
     seed: int = 1,
+    telegram_max_per_second: int = 30,
 ) -> AsyncIterator[tuple[FakeTelegram, FakeSmsMan]]:
-    """FakeTelegram and FakeSmsMan (realistic catalogue, `latency` s per call) on 127.0.0.1."""
-    telegram = FakeTelegram(token=BOT_TOKEN)
+    """FakeTelegram (Telegram's flood limits, `telegram_max_per_second` overall) and
+    FakeSmsMan (realistic catalogue, `latency` s per call) on 127.0.0.1."""
+    telegram = FakeTelegram(token=BOT_TOKEN, max_per_second=telegram_max_per_second)
     smsman = FakeSmsMan(token=SMSMAN_TOKEN, seed=seed)
     realistic_catalogue(smsman, countries=countries, services=services, seed=seed)
     smsman.latency = latency
@@ -160,3 +162,38 @@ def latency_line(label: str, values_ms: Sequence[float]) -> str:
         f"p95={percentile(values_ms, 95):7.1f}  p99={percentile(values_ms, 99):7.1f}  "
         f"max={max(values_ms, default=float('nan')):7.1f} ms"
     )
+
+
+class LoopLag:
+    """Samples how late the event loop wakes a task that sleeps `interval` s: a stall of the
+    loop (a long synchronous step, a GC pause, or no CPU because other processes ran)."""
+
+    def __init__(self, interval: float = 0.01) -> None:
+        self.interval = interval
+        self.lags: list[float] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            before = loop.time()
+            await asyncio.sleep(self.interval)
+            self.lags.append(loop.time() - before - self.interval)
+
+    def start(self) -> None:
+        self.lags.clear()
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+    def summary(self) -> str:
+        if not self.lags:
+            return "not sampled"
+        over = sum(1 for lag in self.lags if lag > 0.02)
+        return (
+            f"p99 {percentile(self.lags, 99) * 1000:.1f} ms, max {max(self.lags) * 1000:.1f} ms, "
+            f"{over} stalls > 20 ms"
+        )

@@ -117,8 +117,11 @@ class Run:
         )
 
 
-async def make_orders(folder: Path, smsman: FakeSmsMan, n: int) -> list[int]:
-    """N waiting orders, each with its own user and SMS-Man request; returns request ids."""
+async def make_orders(
+    folder: Path, smsman: FakeSmsMan, n: int, *, first: int = 0, expires_in: float = 1200
+) -> list[int]:
+    """N waiting orders, each with its own user (1_000_000 + first + i) and SMS-Man
+    request, running out in `expires_in` seconds; returns request ids."""
     smsman.set_price(1, 1, "10.00", 10 * n + 10)
     smsman.balance = Decimal(10**9)
     db = await Database.open(folder / "bot.sqlite3")
@@ -127,7 +130,7 @@ async def make_orders(folder: Path, smsman: FakeSmsMan, n: int) -> list[int]:
         async with SmsManClient(smsman.url, smsman.token, max_concurrency=20, max_rps=1000) as c:
 
             async def one(i: int) -> None:
-                user_id = 1_000_000 + i
+                user_id = 1_000_000 + first + i
                 order = await db.orders.create(
                     user_id=user_id,
                     chat_id=user_id,
@@ -138,7 +141,7 @@ async def make_orders(folder: Path, smsman: FakeSmsMan, n: int) -> list[int]:
                     price=0,
                     cost=COST,
                     currency="RUB",
-                    idempotency_key=f"bench:{i}",
+                    idempotency_key=f"bench:{first + i}",
                     multiple_sms=False,
                     hold=False,
                     max_active=5,
@@ -149,7 +152,7 @@ async def make_orders(folder: Path, smsman: FakeSmsMan, n: int) -> list[int]:
                     order.id,
                     request_id=number.request_id,
                     number=number.number,
-                    expires_at=now + 1200,
+                    expires_at=now + expires_in,
                     next_poll_at=now,
                 )
                 requests.append(number.request_id)

@@ -21,9 +21,9 @@ from aiogram.fsm.storage.redis import RedisStorage
 from aiogram.utils.i18n import I18n
 from redis.asyncio import Redis
 
-from bot.flood import RetryAfter
+from bot.delivery.pacing import Paced, Pacer
+from bot.delivery.service import Delivery
 from bot.http import HttpServer, webhook_params
-from bot.notify import Notifier
 from bot.poller import PROBE_TIMEOUT, Poller
 from bot.polling import PollConflict
 from bot.responses import keep_response_models
@@ -64,6 +64,7 @@ class App:
     orders: OrderService
     admin: AdminService
     poller: Poller
+    delivery: Delivery
     stars: StarsService
     i18n: I18n
     in_flight: InFlight
@@ -79,6 +80,7 @@ class App:
         except Exception as exc:
             # The commands menu is cosmetic (the last one set stays): never a reason not to run.
             log.warning("could not register the commands menu: %s", type(exc).__name__)
+        await self.delivery.start()
         await self.poller.start()
         self._spawn(self._warm())
         self._spawn(self.admin.watch_balance())
@@ -91,6 +93,7 @@ class App:
         await asyncio.gather(*self._background, return_exceptions=True)
         await self.poller.stop()
         await self.admin.stop()
+        await self.delivery.stop()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
@@ -178,7 +181,10 @@ async def build_app(settings: Settings) -> App:
     keep_response_models()
     i18n = make_i18n()
     session = AiohttpSession(api=TelegramAPIServer.from_base(settings.telegram_api_url))
-    session.middleware(RetryAfter())
+    # Every counted call (handlers' answers too) takes from one overall budget; a 429
+    # pauses them all (bot/delivery/pacing.py).
+    pacer = Pacer(settings.telegram_max_rps)
+    session.middleware(Paced(pacer))
     conflict = PollConflict(lambda reason: app.on_poll_conflict(reason))
     if not settings.webhook_mode:
         session.middleware(conflict)
@@ -211,17 +217,14 @@ async def build_app(settings: Settings) -> App:
     stars = StarsService(settings, db, bot)
     await stars.load()
 
-    async def on_blocked(chat_id: int) -> None:
-        await db.users.set_blocked(chat_id, True)
-
-    notifier = Notifier(bot, on_blocked)
+    delivery = Delivery(bot=bot, db=db, i18n=i18n, country_title=catalogue.title_of, pacer=pacer)
     admin = AdminService(
         settings=settings,
         db=db,
         client=client,
         access=access,
         pricing=pricing,
-        notifier=notifier,
+        tell=delivery,
         i18n=i18n,
     )
     orders = OrderService(
@@ -230,8 +233,7 @@ async def build_app(settings: Settings) -> App:
         client=client,
         catalogue=catalogue,
         pricing=pricing,
-        notifier=notifier,
-        i18n=i18n,
+        tell=delivery,
         alerts=admin,
     )
     poller = Poller(
@@ -260,6 +262,7 @@ async def build_app(settings: Settings) -> App:
         orders=orders,
         admin=admin,
         poller=poller,
+        delivery=delivery,
         stars=stars,
         i18n=i18n,
         in_flight=in_flight,
@@ -278,6 +281,7 @@ async def build_app(settings: Settings) -> App:
         admin=admin,
         stars_service=stars,
         users=users,
+        delivery=delivery,
         i18n=i18n,
         menus=Menus(catalogue, pricing, settings),
     )

@@ -37,3 +37,5 @@ def setup_logging(level: str, secrets: Iterable[SecretStr]) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # Alembic says "Context impl SQLiteImpl" on every start: noise next to an exit-2 line.
+    logging.getLogger("alembic").setLevel(logging.WARNING)

@@ -34,6 +34,7 @@ class Outcome(StrEnum):
 class Result:
     outcome: Outcome
     message_id: int | None = None
+    retry_after: float | None = None  # a 429: Telegram asks every send to wait this long
 
     @property
     def ok(self) -> bool:
@@ -51,20 +52,24 @@ class Notifier:
         *,
         attempts: int = 5,
         backoff: float = 0.5,
+        timeout: float | None = None,
     ) -> None:
         """Network errors and 5xx: `attempts` calls with exponential waits from `backoff`.
-        429 is waited out, bounded, by the session's RetryAfter middleware (bot/flood.py);
-        a 429 that still reaches here is reported UNAVAILABLE for a later try."""
+        A 429 is reported UNAVAILABLE with its retry_after (bot/delivery pauses for it).
+        `timeout`: seconds one call may take (aiogram's default otherwise)."""
         self._bot = bot
         self._on_blocked = on_blocked
         self._attempts = attempts
         self._backoff = backoff
+        self._timeout = None if timeout is None else int(timeout)  # seconds per call
 
     async def send(
         self, chat_id: int, text: str, markup: InlineKeyboardMarkup | None = None
     ) -> Result:
         async def call() -> int:
-            message = await self._bot.send_message(chat_id, text, reply_markup=markup)
+            message = await self._bot.send_message(
+                chat_id, text, reply_markup=markup, request_timeout=self._timeout
+            )
             return message.message_id
 
         return await self._deliver(chat_id, "send", call)
@@ -78,7 +83,11 @@ class Notifier:
     ) -> Result:
         async def call() -> int:
             await self._bot.edit_message_text(
-                text=text, chat_id=chat_id, message_id=message_id, reply_markup=markup
+                text=text,
+                chat_id=chat_id,
+                message_id=message_id,
+                reply_markup=markup,
+                request_timeout=self._timeout,
             )
             return message_id
 
@@ -89,11 +98,9 @@ class Notifier:
             try:
                 return Result(Outcome.OK, await call())
             except TelegramRetryAfter as exc:
-                # The session's RetryAfter middleware (bot/flood.py) already waited and
-                # tried again; what is left is longer flood control: not delivered now,
-                # the caller tries again later (the poller redelivers codes).
+                # Not delivered now: the caller (bot/delivery) pauses and tries again.
                 log.warning("%s to chat %s: flood control for %ss", what, chat_id, exc.retry_after)
-                return Result(Outcome.UNAVAILABLE)
+                return Result(Outcome.UNAVAILABLE, retry_after=float(exc.retry_after))
             except TelegramForbiddenError:
                 log.info("%s to chat %s: the user blocked the bot", what, chat_id)
                 if self._on_blocked is not None:

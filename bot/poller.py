@@ -25,8 +25,10 @@ per step, by the step, under the order's lock.
 - Any other exception is logged and the order is retried after a backoff: the loop goes on.
 - Every `sweep_every` seconds, purchases stuck in `purchasing` (a write failed between the
   hold and the number being stored) are failed and their holds released (once, in SQL).
-- The card's countdown is edited at most once a minute per order, and only when the
-  minutes shown would change.
+- The card's countdown is handed to delivery at most once a minute per order, and only
+  when the minutes shown would change; delivery edits it if budget is to spare.
+- Nothing here waits on Telegram: a step's slot and the order's lock cover SMS-Man calls
+  and database transitions; what the user must see is queued (bot/delivery).
 """
 
 from __future__ import annotations
@@ -148,7 +150,6 @@ class _Entry:
     running: bool = False
     wake_at: float = math.inf  # a schedule() that came while the step ran
     failures: int = 0
-    redeliver: bool = False  # a stored code's message has to be tried again
     card_at: float = -math.inf  # the last countdown edit
     card_minutes: int | None = None  # the minutes the card showed then
     deadline: float = math.inf  # the order's expires_at, once a step has read it
@@ -190,7 +191,6 @@ class Poller:
         self._last_cap_warning = -math.inf
         self.steps = 0  # steps run (observability, bench)
         orders.on_scheduled = self.schedule
-        orders.on_undelivered = self.redeliver
 
     # -- scheduling ----------------------------------------------------------------------
 
@@ -206,16 +206,6 @@ class Poller:
         if at < entry.due:
             entry.routine = new  # a new order's first poll; anything else asked is not
             self._push(entry, at)
-
-    def redeliver(self, order_id: int) -> None:
-        """A stored code of the order still has to go out: its next step tries again."""
-        entry = self._entries.get(order_id)
-        if entry is None:
-            entry = self._entries[order_id] = _Entry(order_id, math.inf)
-        entry.redeliver = True
-        if not entry.running:  # a running step sets the next time itself (with backoff)
-            entry.routine = False  # even if already due: not the policy's to defer
-            self.schedule(order_id, self.clock() + self._interval)
 
     def _push(self, entry: _Entry, at: float) -> None:
         entry.due = at
@@ -235,10 +225,9 @@ class Poller:
     # -- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Reconcile every open order at once (poll it, deliver what came while we were
-        down, reject it if its deadline passed), then run the supervisor."""
+        """Reconcile every open order at once (poll it, reject it if its deadline passed),
+        then run the supervisor. Codes stored but not delivered are delivery's (its start)."""
         still_open = await self._orders.recover()
-        pending = await self._orders.orders_with_undelivered_codes()
         now = self.clock()
         for order in still_open:
             self.schedule(order.id, now)
@@ -246,16 +235,8 @@ class Poller:
             self._entries[order.id].routine = waiting
             if waiting and self._policy is not None:  # when it was last polled: unknown
                 self._policy.track(order.id, **_about(order), unseen_since=now)
-        for order_id in pending:  # closed orders too: their codes still go out
-            self.schedule(order_id, now)
-            self._entries[order_id].redeliver = True
-            self._entries[order_id].routine = False
-        if still_open or pending:
-            log.info(
-                "reconciling %d open orders (%d with codes to deliver)",
-                len(still_open),
-                len(pending),
-            )
+        if still_open:
+            log.info("reconciling %d open orders", len(still_open))
         self._main = asyncio.create_task(self._supervise(), name="poller")
         self._next_sweep = now + self._sweep_every
         self._sweeper = asyncio.create_task(self._sweep(), name="purchase sweep")
@@ -389,24 +370,21 @@ class Poller:
 
     async def _run(self, entry: _Entry, due: float, probe: bool) -> None:
         next_at: float | None
-        redeliver, entry.redeliver = entry.redeliver, False
         entry.routine = False  # _after says whether the next look is a routine poll
         settled = False  # the breaker heard how this step went
         try:
             try:
-                result = await self._orders.step(entry.order_id, redeliver=redeliver)
+                result = await self._orders.step(entry.order_id)
             except ProviderUnavailable as exc:
                 self.breaker.failure()
                 settled = True
                 log.info("order %s: SMS-Man unavailable (%s); backing off", entry.order_id, exc)
-                entry.redeliver |= redeliver
                 next_at = self._back_off(entry)
             except SmsManError as exc:
                 # A business answer about this one order: SMS-Man is up. It never pauses
                 # everyone's polling; only this order backs off.
                 self.breaker.success()
                 settled = True
-                entry.redeliver |= redeliver
                 log.warning(
                     "order %s: SMS-Man error %s: %s; backing off",
                     entry.order_id,
@@ -416,20 +394,15 @@ class Poller:
                 next_at = self._back_off(entry)
             except Exception:
                 log.exception("order %s: step failed; trying again later", entry.order_id)
-                entry.redeliver = True  # whatever broke, a stored code may still be unsent
                 next_at = self._back_off(entry)
             else:
                 if result.answered:
                     self.breaker.success()
                     settled = True
-                next_at = await self._after(entry, result, due)
+                next_at = self._after(entry, result, due)
         except asyncio.CancelledError:
             entry.running = False
-            entry.redeliver |= redeliver
             raise
-        except Exception:  # pragma: no cover - _after only renders and sends the card
-            log.exception("order %s: after-step failed", entry.order_id)
-            next_at = self._back_off(entry)
         finally:
             if probe and not settled:
                 # The probe learnt nothing about SMS-Man (it did not ask, or it broke, or it
@@ -449,23 +422,21 @@ class Poller:
         entry.wake_at = math.inf
         self._push(entry, at)
 
-    async def _after(self, entry: _Entry, result: StepResult, due: float) -> float | None:
+    def _after(self, entry: _Entry, result: StepResult, due: float) -> float | None:
         """The next time to look at the order (None: forget it)."""
         now = self.clock()
-        entry.redeliver |= result.undelivered  # also set meanwhile by redeliver()
-        if not entry.redeliver:
-            entry.failures = 0
+        entry.failures = 0
         order = result.order
         if self._policy is not None:
             _tell(self._policy, entry.order_id, result, now)
         if result.outcome is PollOutcome.CLOSED or order is None or not order.is_open:
-            return self._back_off(entry) if entry.redeliver else None
+            return None
         deadline = order.expires_at if order.expires_at is not None else math.inf
         entry.deadline = deadline
         if result.outcome is PollOutcome.RETRY:
             return self._back_off(entry)  # SMS-Man refused the reject and shows no code yet
         if result.outcome is PollOutcome.WAITING:
-            await self._countdown(entry, order, now)
+            self._countdown(entry, order, now)
             next_at = max(due + self._interval, now)  # fixed rate; when late, behind the rest
             entry.routine = order.status is OrderStatus.WAITING
         elif _polling(order):  # a received order that asked for another code
@@ -473,11 +444,9 @@ class Poller:
         else:  # a code came and no other is asked for: nothing to do until the deadline
             next_at = deadline if deadline < math.inf else now + self._interval
         polled_at = next_at
-        if entry.redeliver:
-            next_at = min(next_at, self._back_off(entry))
         if deadline > now:
             next_at = min(next_at, deadline)  # reject or close on time
-        entry.routine &= next_at == polled_at and not entry.redeliver
+        entry.routine &= next_at == polled_at
         return next_at
 
     def _back_off(self, entry: _Entry) -> float:
@@ -489,14 +458,15 @@ class Poller:
         at = now + delay * random.uniform(0.8, 1.2)
         return min(at, entry.deadline) if entry.deadline > now else at
 
-    async def _countdown(self, entry: _Entry, order: Order, now: float) -> None:
-        """The card's time left: at most one edit a minute, and only if the text changes."""
+    def _countdown(self, entry: _Entry, order: Order, now: float) -> None:
+        """The card's time left: at most one edit a minute, and only if the text changes
+        (queued in memory: delivery sends it when budget is to spare)."""
         if order.status is not OrderStatus.WAITING or order.expires_at is None:
             return
         shown = minutes_shown(order.expires_at - now)
         if shown == entry.card_minutes or now - entry.card_at < COUNTDOWN_EVERY:
             return
-        await self._orders.refresh_card(order.id, create=False)
+        self._orders.countdown(order)
         entry.card_at = now
         entry.card_minutes = shown
 

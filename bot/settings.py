@@ -61,6 +61,7 @@ class Settings(BaseSettings):
     smsman_max_concurrency: int = Field(default=10, ge=1, le=200)
     smsman_max_rps: float = Field(default=20, gt=0, le=1000)
     smsman_timeout: float = Field(default=15, gt=0, le=300)
+    telegram_max_rps: float = Field(default=25, gt=0, le=1000)
     low_balance_alert: Decimal = Field(default=Decimal(0), ge=0)
     log_level: str = "INFO"
     popular_countries: Annotated[list[str], NoDecode] = Field(

@@ -9,10 +9,11 @@ from aiogram import Router
 from aiogram.filters import Command, CommandObject
 from aiogram.types import Message
 
+from bot.delivery.service import Delivery
 from bot.services.admin import AdminService, parse_user_id
 from bot.services.stars import StarsService
 from bot.settings import Settings
-from bot.ui import stars
+from bot.ui import stars, texts
 
 
 def router(settings: Settings) -> Router:
@@ -29,8 +30,34 @@ def router(settings: Settings) -> Router:
     r.message.register(on_ban, Command("ban"))
     r.message.register(on_unban, Command("unban"))
     r.message.register(on_markup, Command("markup"))
+    r.message.register(on_broadcast, Command("broadcast"))
     r.message.register(on_refund, Command("refund"))
     return r
+
+
+async def on_broadcast(message: Message, command: CommandObject, delivery: Delivery) -> None:
+    """/broadcast (a reply to the message to send, or text after it); /broadcast cancel."""
+    args = (command.args or "").strip()
+    if args.lower() == "cancel":
+        cancelled = await delivery.cancel_broadcasts()
+        await message.answer(texts.broadcast_cancelled(len(cancelled)))
+        return
+    source = message.reply_to_message
+    if source is not None and not args:
+        if source.text is None:
+            await message.answer(texts.broadcast_only_text())
+            return
+        body = source.html_text
+    elif args:
+        # The admin's own formatting kept: the HTML of everything after the command.
+        body = message.html_text.split(maxsplit=1)[1].strip()
+    else:
+        await message.answer(texts.broadcast_usage())
+        return
+    progress = await message.answer(
+        texts.broadcast_progress(sent=0, blocked=0, left=0, status="running")
+    )
+    await delivery.broadcast(message.chat.id, body, progress.message_id)
 
 
 async def on_credit(message: Message, command: CommandObject, admin: AdminService) -> None:

@@ -8,6 +8,7 @@ from aiogram.fsm.context import FSMContext
 from aiogram.fsm.state import State, StatesGroup
 from aiogram.types import CallbackQuery, Message
 
+from bot.delivery.service import Delivery
 from bot.services.orders import BuyOutcome, BuyResult, OrderService
 from bot.settings import Settings
 from bot.ui import keyboards, stars, texts
@@ -147,6 +148,7 @@ async def on_buy_pressed(
     callback_data: BuyCb,
     state: FSMContext,
     orders: OrderService,
+    delivery: Delivery,
     settings: Settings,
 ) -> None:
     """Buy: one confirm screen makes at most one order, however often it is pressed."""
@@ -168,7 +170,7 @@ async def on_buy_pressed(
         card_message_id=message.message_id,
     )
     if result.order is not None and result.outcome in (BuyOutcome.BOUGHT, BuyOutcome.DUPLICATE):
-        await orders.refresh_card(result.order.id, message_id=message.message_id)
+        await delivery.show_card(result.order.id, message_id=message.message_id)
         return
     markup = (
         keyboards.after_no_numbers()

@@ -1,4 +1,5 @@
-"""Outer middlewares: in-flight tracking, the user row, the locale and access control."""
+"""Outer middlewares: in-flight tracking, updates acted on once, the user row, the locale
+and access control."""
 
 from __future__ import annotations
 
@@ -49,6 +50,21 @@ class InFlight(BaseMiddleware):
                 await self._idle.wait()
         except TimeoutError:
             log.warning("%s updates still running at shutdown", self._count)
+
+
+class OnceOnly(BaseMiddleware):
+    """An update Telegram hands out twice (after a crash, or a webhook retry) is acted on
+    once: its update_id is recorded (in the database, bounded) before it is handled, so a
+    redelivered callback is neither re-run nor re-answered."""
+
+    def __init__(self, users: UserService) -> None:
+        self._users = users
+
+    async def __call__(self, handler: Handler, event: TelegramObject, data: dict[str, Any]) -> Any:
+        if isinstance(event, Update) and not await self._users.first_time(event.update_id):
+            log.info("update %s handed out again: ignored", event.update_id)
+            return None
+        return await handler(event, data)
 
 
 class UserAccess(BaseMiddleware):
@@ -109,4 +125,5 @@ def setup_middlewares(
     dp: Dispatcher, *, users: UserService, access: Access, i18n: I18n, in_flight: InFlight
 ) -> None:
     dp.update.outer_middleware(in_flight)
+    dp.update.outer_middleware(OnceOnly(users))
     dp.update.outer_middleware(UserAccess(users, access, i18n))

@@ -6,7 +6,8 @@ from aiogram import F, Router
 from aiogram.filters import Command
 from aiogram.types import CallbackQuery, Message
 
-from bot.services.orders import NEW_MESSAGE, ActionOutcome, ActionResult, OrderService
+from bot.delivery.service import Delivery
+from bot.services.orders import ActionOutcome, ActionResult, OrderService
 from bot.ui import keyboards, texts
 from bot.ui.callbacks import MenuAction, MenuCb, OrderAction, OrderCb
 from bot.ui.screen import show
@@ -32,14 +33,16 @@ async def on_orders(event: Message | CallbackQuery, orders: OrderService) -> Non
         await event.answer()
 
 
-async def on_show(callback: CallbackQuery, callback_data: OrderCb, orders: OrderService) -> None:
+async def on_show(
+    callback: CallbackQuery, callback_data: OrderCb, orders: OrderService, delivery: Delivery
+) -> None:
     """Bring an order's card back to the bottom of the chat."""
     order = await orders.order_of(callback.from_user.id, callback_data.order)
     if order is None:
         await callback.answer(texts.not_yours(), show_alert=True)
         return
     await callback.answer()
-    await orders.refresh_card(order.id, message_id=NEW_MESSAGE)
+    await delivery.show_card(order.id, new=True)
 
 
 async def _answer(callback: CallbackQuery, result: ActionResult, refused: str) -> None:
@@ -55,25 +58,31 @@ async def _answer(callback: CallbackQuery, result: ActionResult, refused: str) -
         await callback.answer()
 
 
-async def on_cancel(callback: CallbackQuery, callback_data: OrderCb, orders: OrderService) -> None:
+async def on_cancel(
+    callback: CallbackQuery, callback_data: OrderCb, orders: OrderService, delivery: Delivery
+) -> None:
     """Cancel: reject at SMS-Man and release the hold; a code that came is shown instead."""
     result = await orders.cancel(callback.from_user.id, callback_data.order)
     await _answer(callback, result, texts.cannot_cancel())
     if result.order is not None and result.outcome is not ActionOutcome.NOT_FOUND:
-        await orders.refresh_card(result.order.id)
+        await delivery.show_card(result.order.id)
 
 
-async def on_finish(callback: CallbackQuery, callback_data: OrderCb, orders: OrderService) -> None:
+async def on_finish(
+    callback: CallbackQuery, callback_data: OrderCb, orders: OrderService, delivery: Delivery
+) -> None:
     """Finish: close the number at SMS-Man."""
     result = await orders.finish(callback.from_user.id, callback_data.order)
     await _answer(callback, result, texts.outdated())
     if result.order is not None and result.outcome is not ActionOutcome.NOT_FOUND:
-        await orders.refresh_card(result.order.id)
+        await delivery.show_card(result.order.id)
 
 
-async def on_more(callback: CallbackQuery, callback_data: OrderCb, orders: OrderService) -> None:
+async def on_more(
+    callback: CallbackQuery, callback_data: OrderCb, orders: OrderService, delivery: Delivery
+) -> None:
     """Another code on the same number (retrysms)."""
     result = await orders.another_code(callback.from_user.id, callback_data.order)
     await _answer(callback, result, texts.outdated())
     if result.order is not None and result.outcome is not ActionOutcome.NOT_FOUND:
-        await orders.refresh_card(result.order.id)
+        await delivery.show_card(result.order.id)

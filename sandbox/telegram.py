@@ -19,6 +19,21 @@ callback_data, "message is not modified", blocked users, flood control...).
 Everything runs on the test's event loop, so state is inspected directly
 (`user.messages`, `fake.calls`) without locks.
 
+Flood limits, as Telegram applies them to the calls that put a message in a chat or change
+one (COUNTED_METHODS; answerCallbackQuery, getUpdates and the like are free):
+
+- per bot: at most `max_per_second` (30) in any sliding second;
+- per chat: the bot's answers to what the user just did are free: every message or
+  callback query from the user gives the bot `reply_allowance` (3) sends/edits in that
+  chat over the next `reply_window` (10) seconds. Beyond that a chat tolerates a short
+  burst, a token bucket of `chat_burst` (3) refilled at `chat_rate` (1) a second.
+
+A call beyond either answers 429 "Too Many Requests: retry after N" with
+`parameters.retry_after` = N (whole seconds until it would pass) and is recorded in
+`fake.errors`: the bot caused it. `FakeTelegram(enforce_limits=False)` turns them off.
+`fake.slow(methods, seconds)` makes those calls take that long before Telegram acts on
+them (a call abandoned meanwhile is never acted on); the limits count a call on arrival.
+
 Webhooks: after `setWebhook` the fake POSTs each update (JSON, with the
 X-Telegram-Bot-Api-Secret-Token header) to the URL, like Telegram: again after a non-2xx
 answer or `webhook_timeout`, one chat's updates in order, up to max_connections at once;
@@ -33,10 +48,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import random
 import re
 import socket
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -169,6 +186,20 @@ COMMAND_SCOPES = frozenset(
 _COMMAND_RE = re.compile(r"[a-z0-9_]{1,32}")
 # Update types Telegram does not send unless asked for in allowed_updates.
 OPT_IN_UPDATES = frozenset({"chat_member", "message_reaction", "message_reaction_count"})
+# Methods Telegram's flood limits count.
+COUNTED_METHODS = frozenset(
+    {
+        "sendMessage",
+        "editMessageText",
+        "editMessageReplyMarkup",
+        "editMessageCaption",
+        "copyMessage",
+        "forwardMessage",
+        "sendPhoto",
+        "sendDocument",
+        "sendInvoice",
+    }
+)
 # Methods that `fake.block()` and `fake.flood()` apply to.
 WRITE_METHODS = frozenset(
     {"sendMessage", "sendChatAction", "editMessageText", "editMessageReplyMarkup", "sendInvoice"}
@@ -822,6 +853,12 @@ class FakeTelegram:
         host: str = "127.0.0.1",
         strict_ampersand: bool = True,
         callback_ttl: float | None = None,
+        enforce_limits: bool = True,
+        max_per_second: int = 30,
+        chat_burst: float = 3,
+        chat_rate: float = 1.0,
+        reply_allowance: int = 3,
+        reply_window: float = 10.0,
     ) -> None:
         """
         :param strict_ampersand: reject a bare `&` in HTML text (real Telegram keeps it).
@@ -835,6 +872,17 @@ class FakeTelegram:
         self.host = host
         self.strict_ampersand = strict_ampersand
         self.callback_ttl = callback_ttl
+        self.enforce_limits = enforce_limits
+        self.max_per_second = max_per_second
+        self.chat_burst = chat_burst
+        self.chat_rate = chat_rate
+        self.reply_allowance = reply_allowance
+        self.reply_window = reply_window
+        self.counted: list[float] = []  # monotonic arrival times of every counted call
+        self._recent: deque[float] = deque()  # counted calls of the last second
+        self._buckets: dict[int, tuple[float, float]] = {}  # chat -> (tokens, at)
+        self._credits: dict[int, deque[float]] = {}  # chat -> expiries of reply credits
+        self._delays: dict[str, float] = {}
 
         self.calls: list[Call] = []
         self.errors: list[ApiError] = []
@@ -858,6 +906,7 @@ class FakeTelegram:
         self._seq = 0
 
         self._updates: list[JSONDict] = []
+        self._history: dict[int, JSONDict] = {}  # every update ever put, by update_id
         self._held: list[JSONDict] = []
         self._hold_depth = 0
         self._next_update_id = 100_000_001
@@ -1123,6 +1172,31 @@ class FakeTelegram:
             WRITE_METHODS if methods is None else frozenset(self._canonical(m) for m in methods)
         )
 
+    def slow(self, methods: Iterable[str], seconds: float) -> None:
+        """Those calls take `seconds` before Telegram acts on them (0: back to normal)."""
+        for method in methods:
+            if seconds > 0:
+                self._delays[self._canonical(method)] = seconds
+            else:
+                self._delays.pop(self._canonical(method), None)
+
+    @property
+    def rate_limited(self) -> list[ApiError]:
+        """The 429s the limits answered (injected ones not included)."""
+        return [e for e in self.errors if e.status == HTTPStatus.TOO_MANY_REQUESTS]
+
+    def injected_calls(self) -> list[Call]:
+        return [call for call in self.calls if call.injected]
+
+    def max_in_a_second(self) -> int:
+        """The most counted calls that arrived in any sliding second so far."""
+        times, best, start = self.counted, 0, 0
+        for end, at in enumerate(times):
+            while at - times[start] >= 1.0:
+                start += 1
+            best = max(best, end - start + 1)
+        return best
+
     def deliver_payment(self, payment: StarPayment) -> int:
         """The successful_payment message of a paid invoice (again, if called again: a
         redelivery). Returns the update id."""
@@ -1160,6 +1234,12 @@ class FakeTelegram:
         if len(kinds) != 1:
             raise ValueError(f"an update has exactly one payload field, got {kinds}")
         return self._put(kinds[0], update[kinds[0]])
+
+    def redeliver(self, update_id: int) -> None:
+        """Hand an update out again, update_id and all (as Telegram does after a crash
+        before the confirming getUpdates, or a webhook retry)."""
+        self._updates.append(self._history[update_id])
+        self._poll_signal.notify()
 
     def hold_updates(self) -> _Hold:
         """Keep new updates back until released; they then arrive as one batch.
@@ -1230,7 +1310,11 @@ class FakeTelegram:
                 log.warning("FakeTelegram: unsupported method %s", method)
                 raise _ApiFail(404, "Not Found")
             params = await self._read_params(request)
-            self._maybe_inject(method, params)
+            self._maybe_inject(method, params)  # an injected failure is not counted
+            self._check_limits(method, params, arrived)  # on arrival, as Telegram's front
+            delay = self._delays.get(method)
+            if delay:
+                await asyncio.sleep(delay)  # cancelled with the request if the bot gives up
             result = entry[1](params, request)
             if asyncio.iscoroutine(result):
                 result = await result
@@ -1328,12 +1412,57 @@ class FakeTelegram:
                 injected=True,
             )
 
+    def _check_limits(self, method: str, params: Params, now: float) -> None:
+        """`now`: when the request arrived (before its body was read)."""
+        if method not in COUNTED_METHODS or not self.enforce_limits:
+            return
+        while self._recent and now - self._recent[0] >= 1.0:
+            self._recent.popleft()
+        if len(self._recent) >= self.max_per_second:
+            wait = 1.0 - (now - self._recent[0])
+            raise self._too_many(wait)
+        chat = params.get("chat_id")
+        if isinstance(chat, int):
+            credits = self._credits.get(chat)
+            while credits and credits[0] <= now:
+                credits.popleft()
+            if credits:
+                credits.popleft()  # an answer to what the user just did
+            else:
+                tokens, at = self._buckets.get(chat, (self.chat_burst, now))
+                tokens = min(self.chat_burst, tokens + (now - at) * self.chat_rate)
+                if tokens < 1:
+                    raise self._too_many((1 - tokens) / self.chat_rate)
+                self._buckets[chat] = (tokens - 1, now)
+        self._recent.append(now)
+        self.counted.append(now)
+
+    @staticmethod
+    def _too_many(wait: float) -> _ApiFail:
+        retry_after = max(1, math.ceil(wait))
+        return _ApiFail(
+            429, f"Too Many Requests: retry after {retry_after}", retry_after=retry_after
+        )
+
+    def _grant_replies(self, kind: str, payload: JSONDict) -> None:
+        chat = None
+        if kind == "message":
+            chat = payload.get("chat", {}).get("id")
+        elif kind == "callback_query":
+            chat = payload.get("message", {}).get("chat", {}).get("id")
+        if isinstance(chat, int):
+            expires = time.monotonic() + self.reply_window
+            credits = self._credits.setdefault(chat, deque())
+            credits.extend([expires] * self.reply_allowance)
+
     # ------------------------------------------------------------------ updates
 
     def _put(self, kind: str, payload: JSONDict) -> int:
+        self._grant_replies(kind, payload)
         update_id = self._next_update_id
         self._next_update_id += 1
         update = {"update_id": update_id, kind: payload}
+        self._history[update_id] = update
         if self._hold_depth:
             self._held.append(update)
         else:

@@ -22,15 +22,18 @@ from typing import Any, TypeVar
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from storage import migrate as _migrate
+from storage.broadcasts import Broadcasts
 from storage.codes import Codes
 from storage.engine import Engines, database_path, make_engines
 from storage.fsm import FsmData
 from storage.group_commit import GroupCommit
 from storage.kv import KeyValue
 from storage.orders import Orders
+from storage.outbox import Outbox
 from storage.payments import Payments
 from storage.reader import SerialReader
 from storage.stats import Stats
+from storage.updates import HandledUpdates
 from storage.users import Users
 from storage.wallet import Wallet
 
@@ -61,6 +64,9 @@ class Database:
         self.stats = Stats(self)
         self.payments = Payments(self)
         self.fsm = FsmData(self)
+        self.outbox = Outbox(self)
+        self.broadcasts = Broadcasts(self)
+        self.updates = HandledUpdates(self)
 
     @property
     def engine(self) -> AsyncEngine:

@@ -243,18 +243,18 @@ async def test_low_provider_balance_is_reported_once_per_crossing(
         alert = await admin.wait_for("balance is low")
         assert "10.00" in alert.text and "50.00" in alert.text
         await app.admin.check_balance()
-        await telegram.wait_idle()
+        await app.delivery.drained()
         assert alerts() == 1
 
         smsman.balance = Decimal("80.00")  # topped up: the alert re-arms
         await app.admin.check_balance()
         smsman.balance = Decimal("49.99")
         await app.admin.check_balance()
-        await telegram.wait_idle()
+        await app.delivery.drained()
         assert alerts() == 2
     async with running(settings.model_copy(update={"admin_ids": [ADMIN, 2000]})) as app:
         await app.admin.check_balance()  # still low after a restart: no repeat
-        await telegram.wait_idle()
+        await app.delivery.drained()
         assert alerts() == 2
     assert never_wrote.messages == []
     assert telegram.errors == []

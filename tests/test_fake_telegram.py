@@ -64,7 +64,8 @@ def kb(*rows: list[tuple[str, str]]) -> InlineKeyboardMarkup:
 
 @pytest.fixture
 async def fake() -> AsyncIterator[FakeTelegram]:
-    async with FakeTelegram(token=TOKEN) as server:
+    """The rules of formatting and state; the flood limits have tests of their own below."""
+    async with FakeTelegram(token=TOKEN, enforce_limits=False) as server:
         yield server
 
 
@@ -619,6 +620,81 @@ async def test_commands_descriptions_and_misc_methods(
     assert await bot.close() and await bot.log_out()
     assert len(fake.errors) == 5
     assert fake.errors[0] == ApiError("setMyCommands", 400, "Bad Request: BOT_COMMAND_INVALID", {})
+
+
+# -- flood limits ----------------------------------------------------------------------------
+
+
+async def test_limits_per_chat_tolerate_a_burst_then_one_a_second() -> None:
+    async with FakeTelegram(token=TOKEN) as fake:
+        bot = make_bot(fake)
+        try:
+            fake.user(42, started=True)
+            for n in range(3):  # the burst a chat tolerates
+                await bot.send_message(42, f"push {n}")
+            with pytest.raises(TelegramRetryAfter) as caught:
+                await bot.send_message(42, "one too many")
+            assert caught.value.retry_after == 1
+            assert [e.status for e in fake.rate_limited] == [429]
+            fake.user(43, started=True)
+            await bot.send_message(43, "another chat is not held up")
+            await asyncio.sleep(1.05)  # one more token
+            await bot.send_message(42, "after a second")
+            with pytest.raises(TelegramRetryAfter):
+                await bot.send_message(42, "and not two")
+        finally:
+            await bot.session.close()
+
+
+async def test_answers_to_the_users_own_update_are_free_per_chat() -> None:
+    async with FakeTelegram(token=TOKEN) as fake:
+        bot = make_bot(fake)
+        try:
+            user = fake.user(42, started=True)
+            for n in range(3):
+                await bot.send_message(42, f"push {n}")
+            await user.send("/start")  # the user writes: three answers are free
+            for n in range(3):
+                await bot.send_message(42, f"answer {n}")
+            with pytest.raises(TelegramRetryAfter):
+                await bot.send_message(42, "beyond the answers and the burst")
+        finally:
+            await bot.session.close()
+
+
+async def test_limits_per_bot_thirty_in_any_second() -> None:
+    async with FakeTelegram(token=TOKEN) as fake:
+        bot = make_bot(fake)
+        try:
+            for chat in range(100, 130):
+                fake.user(chat, started=True)
+            await asyncio.gather(*(bot.send_message(chat, "hi") for chat in range(100, 130)))
+            fake.user(130, started=True)
+            with pytest.raises(TelegramRetryAfter) as caught:
+                await bot.send_message(130, "the 31st")
+            assert caught.value.retry_after == 1
+            assert fake.max_in_a_second() == 30
+            await asyncio.sleep(1.05)
+            await bot.send_message(130, "a second later")
+        finally:
+            await bot.session.close()
+
+
+async def test_slow_delays_the_call_and_an_abandoned_call_is_never_acted_on() -> None:
+    async with FakeTelegram(token=TOKEN) as fake:
+        bot = make_bot(fake)
+        try:
+            user = fake.user(42, started=True)
+            fake.slow(["sendMessage"], 0.5)
+            started = time.monotonic()
+            await bot.send_message(42, "slow")
+            assert time.monotonic() - started >= 0.5
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(bot.send_message(42, "given up"), 0.1)
+            await asyncio.sleep(0.6)
+            assert [m.text for m in user.messages] == ["slow"]
+        finally:
+            await bot.session.close()
 
 
 # ---- payments in Telegram Stars

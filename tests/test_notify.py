@@ -11,7 +11,7 @@ from aiogram.client.default import DefaultBotProperties
 from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
 
-from bot.flood import RetryAfter
+from bot.delivery.pacing import Paced, Pacer
 from bot.notify import Notifier, Outcome
 from sandbox.telegram import FakeTelegram
 
@@ -19,10 +19,16 @@ pytestmark = pytest.mark.asyncio
 
 
 @pytest.fixture
-async def bot(telegram: FakeTelegram) -> AsyncIterator[Bot]:
-    """Built like bot/app.py does: 429 is waited out by the session middleware."""
+def pacer() -> Pacer:
+    return Pacer(25)
+
+
+@pytest.fixture
+async def bot(telegram: FakeTelegram, pacer: Pacer) -> AsyncIterator[Bot]:
+    """Built like bot/app.py does: 429 is waited out by the session middleware (for calls
+    outside delivery: the handlers' answers)."""
     session = AiohttpSession(api=TelegramAPIServer.from_base(telegram.url))
-    session.middleware(RetryAfter(attempts=2, max_wait=60))
+    session.middleware(Paced(pacer, attempts=2, max_wait=60))
     bot = Bot(telegram.token, session=session, default=DefaultBotProperties(parse_mode="HTML"))
     try:
         yield bot
@@ -45,18 +51,25 @@ async def test_429_waits_retry_after_and_tries_again(telegram: FakeTelegram, bot
     assert telegram.user(1).last.text == "hello"
 
 
-async def test_429_is_bounded_in_attempts_and_in_patience(telegram: FakeTelegram, bot: Bot) -> None:
+async def test_a_long_429_is_not_waited_but_pauses_every_send(
+    telegram: FakeTelegram, bot: Bot, pacer: Pacer
+) -> None:
     telegram.user(1, started=True)
     telegram.fail_next("sendMessage", chat_id=1, status=429, retry_after=100, times=1)
     started = time.monotonic()
     result = await Notifier(bot).send(1, "hello")
     assert result.outcome is Outcome.UNAVAILABLE and time.monotonic() - started < 1.0
+    assert result.retry_after == 100, "the caller learns how long Telegram asks to wait"
     assert sends(telegram) == 1, "a wait beyond our patience is not waited"
+    assert 99 < pacer.paused_for() <= 100, "every counted send waits for the pause"
 
+
+async def test_429_is_bounded_in_attempts(telegram: FakeTelegram, bot: Bot) -> None:
+    telegram.user(1, started=True)
     telegram.fail_next("sendMessage", chat_id=1, status=429, retry_after=1, times=5)
     result = await Notifier(bot).send(1, "hello")
     assert result.outcome is Outcome.UNAVAILABLE
-    assert sends(telegram) == 3, "two attempts, no more (one was spent above)"
+    assert sends(telegram) == 2, "two attempts, no more"
 
 
 async def test_403_marks_blocked_once_and_does_not_retry(telegram: FakeTelegram, bot: Bot) -> None:

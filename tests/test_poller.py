@@ -425,22 +425,25 @@ async def test_429_twice_on_the_code_message_still_delivers_once(
 async def test_telegram_down_for_a_while_the_code_goes_out_once_when_it_is_back(
     telegram: FakeTelegram, smsman: FakeSmsMan, bot_settings: SettingsFactory
 ) -> None:
-    """429 with a retry_after beyond our patience: the code stays undelivered (the card
-    already shows it) and the poller tries again later, until Telegram takes it."""
+    """Telegram answers 429 to every sendMessage: the code stays undelivered, every send
+    waits each retry_after out (no hammering), and delivery tries again until Telegram
+    takes it; then the card shows the code too."""
     async with running(bot_settings()) as app:
         user = telegram.user(1)
         card = await buy(user)
-        telegram.flood(1.0, retry_after=100, methods=["sendMessage"])
+        telegram.flood(1.0, retry_after=2, methods=["sendMessage"])
         arrive(smsman, request_of(smsman, card.text), "606060")
-        await user.wait_for(
-            predicate=lambda m: m.message_id == card.message_id and "606060" in m.text
-        )
-        await wait_until(lambda: len(telegram.injected) >= 2, timeout=5)  # tried again
+        await wait_until(lambda: len(telegram.injected) >= 2, timeout=8)  # tried again
+        first, second = telegram.injected_calls()[:2]
+        assert second.time - first.time >= 1.9, "the retry_after was waited out"
         order = await only_order(app, 1)
         [code] = await app.db.orders.codes_of(order.id)
         assert code.delivered_at is None
         telegram.flood(0)
         await user.wait_for("606060", predicate=lambda m: m.text.startswith("🔔"), timeout=10)
+        await user.wait_for(
+            predicate=lambda m: m.message_id == card.message_id and "606060" in m.text
+        )
         await asyncio.sleep(0.5)
         assert len(code_messages(user, "606060")) == 1
         [code] = await app.db.orders.codes_of(order.id)
@@ -452,14 +455,14 @@ async def test_code_found_by_cancel_is_retried_when_telegram_refused_it(
     telegram: FakeTelegram, smsman: FakeSmsMan, bot_settings: SettingsFactory
 ) -> None:
     """Cancel comes as the code does: SMS-Man refuses the reject, the code is fetched and
-    stored, but its message does not go out (Telegram flood control for too long). The
-    poller sends it later, once, without a restart."""
+    stored, but its message does not go out (Telegram flood control). Delivery sends it
+    later, once, without a restart; the card (the answer to the tap) shows it at once."""
     async with running(bot_settings()) as app:
         user = telegram.user(1)
         card = await buy(user)
         for _ in range(5):  # keep the poller's own steps out of the way for ~2 s
             app.poller.breaker.failure()
-        telegram.flood(1.0, retry_after=100, methods=["sendMessage"])
+        telegram.flood(1.0, retry_after=2, methods=["sendMessage"])
         smsman.deliver_code(request_of(smsman, card.text), "818181")
         await user.click("Cancel", message_id=card.message_id)
         await user.wait_for(
@@ -570,6 +573,7 @@ async def test_countdown_edits_at_most_once_a_minute_and_only_on_change(
 
         app.poller.clock = clock
         app.orders.clock = clock
+        app.delivery.clock = clock
         user = telegram.user(1)
         card = await buy(user)
         assert "Time left: 20 minutes" in card.text
@@ -650,20 +654,16 @@ class _StubOrders:
 
     def __init__(self) -> None:
         self.on_scheduled: Any = None
-        self.on_undelivered: Any = None
         self.plan: list[BaseException | None] = []
         self.steps: list[int] = []
 
     async def recover(self) -> list[Any]:
         return []
 
-    async def orders_with_undelivered_codes(self) -> set[int]:
-        return set()
-
     async def fail_stale_purchases(self) -> int:
         return 0
 
-    async def step(self, order_id: int, *, redeliver: bool = False) -> StepResult:
+    async def step(self, order_id: int) -> StepResult:
         self.steps.append(order_id)
         todo = self.plan.pop(0) if self.plan else None
         if todo is not None:

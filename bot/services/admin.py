@@ -9,10 +9,11 @@ Telegram hands out twice moves money once.
 from __future__ import annotations
 
 import asyncio
+import html
 import logging
 import re
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -23,7 +24,8 @@ from aiogram.types import BotCommand, BotCommandScopeChat, BotCommandScopeDefaul
 from aiogram.utils.i18n import I18n, ngettext
 from aiogram.utils.i18n import gettext as _
 
-from bot.notify import Notifier
+from bot.delivery.api import Tell
+from bot.locale import SUPPORTED_LOCALES
 from bot.services.access import Access
 from bot.services.money import (
     MAX_AMOUNT_MINOR,
@@ -39,11 +41,9 @@ from bot.settings import Settings
 from bot.smsman.client import SmsManClient
 from bot.smsman.errors import SmsManError
 from bot.ui import stars as stars_ui
-from bot.ui import texts
-from bot.ui.i18n import SUPPORTED_LOCALES
 from storage.db import Database
 from storage.errors import InsufficientFunds
-from storage.models import LedgerKind, LedgerRow, Order, User
+from storage.models import LedgerKind, LedgerRow, Order, OrderStatus, User
 from storage.stats import Summary
 
 log = logging.getLogger(__name__)
@@ -128,7 +128,7 @@ class AdminService:
         client: SmsManClient,
         access: Access,
         pricing: Pricing,
-        notifier: Notifier,
+        tell: Tell,
         i18n: I18n,
     ) -> None:
         self._settings = settings
@@ -136,7 +136,7 @@ class AdminService:
         self._client = client
         self._access = access
         self._pricing = pricing
-        self._notifier = notifier
+        self._tell = tell
         self._i18n = i18n
         self._balance_lock = asyncio.Lock()
         self._provider_short: bool | None = None  # alerted this crossing? None: not known
@@ -175,7 +175,7 @@ class AdminService:
         user_id = parse_user_id(parts[0])
         if user_id is None:
             return _("“{text}” is not a Telegram user id (digits only).").format(
-                text=texts.e(parts[0][:32])
+                text=_e(parts[0][:32])
             ) + ("\n" + usage)
         try:
             amount = parse_amount(parts[1])
@@ -183,7 +183,7 @@ class AdminService:
             return _(
                 "“{text}” is not an amount: write a positive number with at most two "
                 "decimals, up to {max}, e.g. 150 or 99.50."
-            ).format(text=texts.e(parts[1][:32]), max=self._money(MAX_AMOUNT_MINOR))
+            ).format(text=_e(parts[1][:32]), max=self._money(MAX_AMOUNT_MINOR))
         note = parts[2].strip()[:NOTE_MAX] if len(parts) > 2 else None
         return _Move(user_id, amount, note or None)
 
@@ -299,7 +299,7 @@ class AdminService:
             line += f" #{row.order_id}"
         if row.note:
             note = row.note if len(row.note) <= NOTE_SHOWN else row.note[: NOTE_SHOWN - 1] + "…"
-            line += f" — {texts.e(note)}"
+            line += f" — {_e(note)}"
         return line
 
     # -- /stats --------------------------------------------------------------------------
@@ -323,7 +323,7 @@ class AdminService:
         else:
             await self._note_balance(balance)
             shown = f"{balance:.2f}"
-        lines += ["", _("SMS-Man balance: <b>{balance}</b>").format(balance=texts.e(shown))]
+        lines += ["", _("SMS-Man balance: <b>{balance}</b>").format(balance=_e(shown))]
         if self._settings.is_shop:
             lines.append(_("Markup: {markup}%").format(markup=format_percent(self._pricing.markup)))
         return "\n".join(lines)
@@ -419,7 +419,7 @@ class AdminService:
                 return _(
                     "“{text}” is not a markup: write a number from 0 to 1000 with at most "
                     "two decimals, e.g. /markup 12.5"
-                ).format(text=texts.e(text[:32]))
+                ).format(text=_e(text[:32]))
             await self._pricing.set_markup(percent)
         log.info("markup set to %s%%", self._pricing.markup)
         return _(
@@ -468,12 +468,10 @@ class AdminService:
                 found.append(user)
         return found
 
-    async def alert(self, render: Callable[[], str]) -> None:
-        """Tell every admin, each in their own language (`render` runs in it)."""
+    async def alert(self, name: str, **args: object) -> None:
+        """Tell every admin (a notice by name, rendered by bot/delivery in their language)."""
         for admin in await self._reachable_admins():
-            with self._i18n.use_locale(_locale_of(admin)):
-                text = render()
-            await self._notifier.send(admin.id, text)
+            await self._tell.notice(admin.id, name, **args)
 
     def _in_background(self, coro: Coroutine[Any, Any, None]) -> None:
         """Alerts never hold up the user's update that caused them."""
@@ -507,7 +505,7 @@ class AdminService:
         if not await self._db.kv.set_if_absent(PROVIDER_SHORT_KEY, "1"):
             return  # told before (before a restart, too)
         log.warning("a purchase failed on the SMS-Man balance: telling the admins")
-        await self.alert(texts.provider_balance_alert)
+        await self.alert("provider_balance_short")
 
     def provider_balance_enough(self) -> None:
         if self._provider_short is False:
@@ -519,7 +517,7 @@ class AdminService:
         await self._db.kv.delete(PROVIDER_SHORT_KEY)
 
     def reject_refused(self, order: Order, error: str) -> None:
-        self._in_background(self.alert(lambda: texts.reject_refused_alert(order, error)))
+        self._in_background(self.alert("reject_refused", order=order.id, error=error))
 
     async def _locale(self, user_id: int) -> str:
         user = await self._db.users.get(user_id)
@@ -547,10 +545,9 @@ class AdminService:
             if balance < threshold and not alerted:
                 await self._db.kv.set(LOW_BALANCE_KEY, "1")
                 log.warning("SMS-Man balance %s below %s: telling the admins", balance, threshold)
-                for admin in await self._reachable_admins():
-                    with self._i18n.use_locale(_locale_of(admin)):
-                        text = texts.low_balance_alert(f"{balance:.2f}", f"{threshold:.2f}")
-                    await self._notifier.send(admin.id, text)
+                await self.alert(
+                    "low_balance", balance=f"{balance:.2f}", threshold=f"{threshold:.2f}"
+                )
             elif balance >= threshold and alerted:
                 await self._db.kv.set(LOW_BALANCE_KEY, "0")
 
@@ -589,6 +586,23 @@ def _kind_label(kind: LedgerKind) -> str:
 def _order_line(order: Order) -> str:
     price = format_money(order.price or order.cost, order.currency)
     return (
-        f"#{order.id} {_when(order.created_at)} {texts.e(order.service_title)}, "
-        f"{texts.e(order.country_title)}: {texts.status_label(order.status)} — {price}"
+        f"#{order.id} {_when(order.created_at)} {_e(order.service_title)}, "
+        f"{_e(order.country_title)}: {_status_label(order.status)} — {price}"
     )
+
+
+def _e(value: object) -> str:
+    return html.escape(str(value), quote=False)
+
+
+def _status_label(status: OrderStatus) -> str:
+    labels = {
+        OrderStatus.PURCHASING: _("buying…"),
+        OrderStatus.WAITING: _("waiting for the SMS"),
+        OrderStatus.RECEIVED: _("code received"),
+        OrderStatus.FINISHED: _("finished"),
+        OrderStatus.CANCELLED: _("cancelled, not charged"),
+        OrderStatus.EXPIRED: _("expired, not charged"),
+        OrderStatus.FAILED: _("failed, not charged"),
+    }
+    return labels[status]

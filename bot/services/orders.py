@@ -8,20 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
-from aiogram.types import InlineKeyboardMarkup
-from aiogram.utils.i18n import I18n
-
-from bot import metrics
-from bot.notify import Notifier, Outcome
+from bot.delivery.api import Tell
 from bot.services.catalogue import CatalogueService
 from bot.services.money import from_minor
 from bot.services.pricing import Pricing
@@ -36,8 +31,6 @@ from bot.smsman.errors import (
     WrongStatus,
 )
 from bot.smsman.types import Status
-from bot.ui import keyboards, texts
-from bot.ui.i18n import pick_locale
 from storage.db import Database
 from storage.errors import (
     DuplicateOrder,
@@ -51,7 +44,6 @@ from storage.models import Code, Order, OrderStatus
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
-NEW_MESSAGE = -1
 # A purchase still `purchasing` this long after SMSMAN_TIMEOUT is stuck (a write failed
 # between the hold and the number being stored): the sweep fails it and releases the hold.
 PURCHASE_MARGIN = 60.0
@@ -117,7 +109,7 @@ class OrdersView:
 
 class PollOutcome(StrEnum):
     WAITING = "waiting"  # no code yet: poll again after the interval
-    CODE = "code"  # a new code was stored (and its message tried)
+    CODE = "code"  # a new code was stored (and its message queued)
     IDLE = "idle"  # open, but nothing to ask SMS-Man until the deadline
     RETRY = "retry"  # SMS-Man refused the reject without showing a code: try again soon
     CLOSED = "closed"  # the order left the open states (or never was there)
@@ -129,7 +121,6 @@ class StepResult:
 
     outcome: PollOutcome
     order: Order | None = None
-    undelivered: bool = False  # a stored code's message must be tried again later
     answered: bool = False  # SMS-Man was asked and answered (the circuit breaker's probe)
 
 
@@ -142,8 +133,7 @@ class OrderService:
         client: SmsManClient,
         catalogue: CatalogueService,
         pricing: Pricing,
-        notifier: Notifier,
-        i18n: I18n,
+        tell: Tell,
         alerts: Alerts | None = None,
         clock: Clock = time.time,
     ) -> None:
@@ -152,19 +142,12 @@ class OrderService:
         self._client = client
         self._catalogue = catalogue
         self._pricing = pricing
-        self._notifier = notifier
-        self._i18n = i18n
+        self._tell = tell
         self._alerts = alerts
         self._buying: set[int] = set()  # orders whose get-number this process is making
         self.clock = clock  # tests may swap it (the countdown)
         self._locks: weakref.WeakValueDictionary[int, asyncio.Lock] = weakref.WeakValueDictionary()
-        self._card_locks: weakref.WeakValueDictionary[int, asyncio.Lock] = (
-            weakref.WeakValueDictionary()
-        )
         self.on_scheduled: Callable[[int, float], None] | None = None  # set by the poller
-        # Set by the poller: a code's message could not go out (Telegram unavailable),
-        # whoever tried (the poller, a Cancel that found a code): try it again later.
-        self.on_undelivered: Callable[[int], None] | None = None
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -177,10 +160,6 @@ class OrderService:
     def _schedule(self, order_id: int, at: float) -> None:
         if self.on_scheduled is not None:
             self.on_scheduled(order_id, at)
-
-    async def _locale_of(self, user_id: int) -> str:
-        user = await self._db.users.get(user_id)
-        return pick_locale(user.language if user else None)
 
     # -- buying --------------------------------------------------------------------------
 
@@ -389,7 +368,7 @@ class OrderService:
             if order is None or order.status is not OrderStatus.WAITING:
                 return ActionResult(ActionOutcome.NOT_ALLOWED, order)
             try:
-                outcome, _undelivered = await self._reject(order, expire=False)
+                outcome = await self._reject(order, expire=False)
             except ProviderUnavailable:
                 return ActionResult(ActionOutcome.TRY_LATER, order)
             except SmsManError as exc:  # pragma: no cover - _reject answers them itself
@@ -444,53 +423,52 @@ class OrderService:
 
     # -- the poller's side ---------------------------------------------------------------
 
-    async def step(self, order_id: int, *, redeliver: bool = False) -> StepResult:
+    async def step(self, order_id: int) -> StepResult:
         """One turn of the poller for one order, under the order's lock.
 
-        Codes still waiting for Telegram go out first (`redeliver`); then past its deadline
-        the order is rejected (no code) or closed (a code came); otherwise a waiting order,
-        or a received one that asked for another code, is polled once. `ProviderUnavailable`
-        and other `SmsManError`s are the caller's to back off; nothing changed then.
+        Past its deadline the order is rejected (no code) or closed (a code came);
+        otherwise a waiting order, or a received one that asked for another code, is polled
+        once. What the user must see is queued (bot/delivery), never waited for: the lock
+        covers SMS-Man calls and database transitions only. `ProviderUnavailable` and
+        other `SmsManError`s are the caller's to back off; nothing changed then.
         """
         async with self._order_lock(order_id):
             order = await self._db.orders.get(order_id)
             if order is None:
                 return StepResult(PollOutcome.CLOSED)
-            undelivered = False
-            if redeliver:
-                undelivered = not await self._deliver_stored(order)
             if not order.is_open or order.status is OrderStatus.PURCHASING:
-                return StepResult(PollOutcome.CLOSED, order, undelivered)
+                return StepResult(PollOutcome.CLOSED, order)
             if order.request_id is None:  # pragma: no cover - waiting orders have one
-                return StepResult(PollOutcome.CLOSED, order, undelivered)
+                return StepResult(PollOutcome.CLOSED, order)
             if order.expires_at is not None and self.clock() >= order.expires_at:
-                outcome, failed = await self._expire(order)
+                outcome = await self._expire(order)
             elif order.status is OrderStatus.WAITING or order.want_more:
-                outcome, failed = await self._poll(order)
+                outcome = await self._poll(order)
             else:
-                return StepResult(PollOutcome.IDLE, order, undelivered)
+                return StepResult(PollOutcome.IDLE, order)
             if outcome is PollOutcome.WAITING:
-                return StepResult(outcome, order, undelivered, answered=True)
+                return StepResult(outcome, order, answered=True)
             fresh = await self._db.orders.get(order_id)
             if fresh is None or not fresh.is_open:
                 outcome = PollOutcome.CLOSED
-            return StepResult(outcome, fresh, undelivered or failed, answered=True)
+            return StepResult(outcome, fresh, answered=True)
 
-    async def _poll(self, order: Order) -> tuple[PollOutcome, bool]:
-        """get-sms once: (outcome, True if a new code's message still has to go out)."""
+    async def _poll(self, order: Order) -> PollOutcome:
+        """get-sms once; a new code is stored, then queued for the user."""
         assert order.request_id is not None
         try:
             sms = await self._client.get_sms(order.request_id)
         except RequestGone:
             await self._request_gone(order)
-            return PollOutcome.CLOSED, False
+            return PollOutcome.CLOSED
         if sms.code is None:
-            return PollOutcome.WAITING, False
+            return PollOutcome.WAITING
         code = await self._store_code(order, sms.code)
         if code is None:
-            return PollOutcome.WAITING, False  # the same code again, before the next one came
-        outcome = await self.deliver(code)
-        return PollOutcome.CODE, outcome is Outcome.UNAVAILABLE
+            return PollOutcome.WAITING  # the same code again, before the next one came
+        # Stored, then queued: bot/delivery sends it and only then marks it delivered.
+        await self._tell.code(code)
+        return PollOutcome.CODE
 
     async def _store_code(self, order: Order, code: str) -> Code | None:
         stored = await self._db.orders.add_code(order.id, code, now=self.clock())
@@ -512,7 +490,7 @@ class OrderService:
             order.id, now=self.clock()
         ):
             log.info("order %s user %s: request gone at SMS-Man; finished", order.id, order.user_id)
-        await self.refresh_card(order.id)
+        await self._tell.card(order)
 
     async def expire_due(self, order_id: int) -> PollOutcome:
         """End the order now as if its deadline passed: reject without a code (the hold goes
@@ -525,17 +503,16 @@ class OrderService:
                 or order.status not in (OrderStatus.WAITING, OrderStatus.RECEIVED)
             ):
                 return PollOutcome.CLOSED
-            outcome, _undelivered = await self._expire(order)
-            return outcome
+            return await self._expire(order)
 
-    async def _expire(self, order: Order) -> tuple[PollOutcome, bool]:
+    async def _expire(self, order: Order) -> PollOutcome:
         """The deadline passed: reject without a code, close with one."""
         if order.status is OrderStatus.WAITING:
             return await self._reject(order, expire=True)
         await self._close(order)
-        return PollOutcome.CLOSED, False
+        return PollOutcome.CLOSED
 
-    async def _reject(self, order: Order, *, expire: bool) -> tuple[PollOutcome, bool]:
+    async def _reject(self, order: Order, *, expire: bool) -> PollOutcome:
         """Reject at SMS-Man, then cancel or expire here (the hold goes back).
 
         SMS-Man refuses a reject once a code came, and may refuse it for reasons of its
@@ -564,12 +541,12 @@ class OrderService:
             )
             if expire:
                 await self._tell_expired(order)
-        await self.refresh_card(order.id)
-        return PollOutcome.CLOSED, False
+        await self._tell.card(order)
+        return PollOutcome.CLOSED
 
     async def _reject_refused(
         self, order: Order, refusal: SmsManError, *, expire: bool
-    ) -> tuple[PollOutcome, bool]:
+    ) -> PollOutcome:
         log.info(
             "order %s user %s: reject refused (%s: %s), looking for a code",
             order.id,
@@ -578,19 +555,19 @@ class OrderService:
             refusal.message,
         )
         try:
-            outcome, failed = await self._poll(order)
+            outcome = await self._poll(order)
         except ProviderUnavailable:
             raise
         except SmsManError as exc:  # get-sms refused too: no code in sight
             log.warning("order %s: get-sms after the refused reject: %s", order.id, exc.code)
-            outcome, failed = PollOutcome.WAITING, False
+            outcome = PollOutcome.WAITING
         if outcome is not PollOutcome.WAITING:
-            return outcome, failed
+            return outcome
         deadline = order.expires_at if order.expires_at is not None else self.clock()
         if not expire or self.clock() < deadline + REJECT_GRACE:
-            return PollOutcome.RETRY, False
+            return PollOutcome.RETRY
         await self._give_up(order, refusal)
-        return PollOutcome.CLOSED, False
+        return PollOutcome.CLOSED
 
     async def _give_up(self, order: Order, refusal: SmsManError) -> None:
         """SMS-Man kept refusing the reject of an order past its deadline and never showed
@@ -611,7 +588,7 @@ class OrderService:
             await self._tell_expired(order)
             if self._alerts is not None:
                 self._alerts.reject_refused(order, f"{refusal.code or '?'}: {refusal.message}")
-        await self.refresh_card(order.id)
+        await self._tell.card(order)
 
     async def _close(self, order: Order) -> None:
         assert order.request_id is not None
@@ -621,112 +598,21 @@ class OrderService:
             pass  # SMS-Man already ended it; we only record the end
         if await self._db.orders.finish(order.id, now=self.clock()):
             log.info("order %s user %s: finished", order.id, order.user_id)
-        await self.refresh_card(order.id)
+        await self._tell.card(order)
+
+    def countdown(self, order: Order) -> None:
+        """The card's minutes changed (the poller): delivery edits it when it can."""
+        self._tell.countdown(order)
 
     async def _tell_expired(self, order: Order) -> None:
-        user = await self._db.users.get(order.user_id)
-        if user is not None and user.blocked:
-            return
-        with self._i18n.use_locale(pick_locale(user.language if user else None)):
-            text = texts.order_expired_notice(order)
-        await self._notifier.send(order.chat_id, text)
-
-    # -- delivery and the card -----------------------------------------------------------
-
-    async def deliver(self, code: Code) -> Outcome:
-        """Send the code as a new message, then edit the card. The code counts as delivered
-        only once Telegram accepted the message; a blocked user is not written to (the code
-        stays in My orders)."""
-        order = await self._db.orders.get(code.order_id)
-        if order is None:  # pragma: no cover - codes reference orders
-            return Outcome.REJECTED
-        user = await self._db.users.get(order.user_id)
-        if user is not None and user.blocked:
-            return Outcome.BLOCKED
-        with self._i18n.use_locale(pick_locale(user.language if user else None)):
-            text = texts.code_message(order, code.code)
-        result = await self._notifier.send(order.chat_id, text)
-        if result.ok and result.message_id is not None:
-            now = self.clock()
-            await self._db.codes.mark_delivered(code.id, result.message_id, now=now)
-            metrics.CODES_DELIVERED.inc()
-            metrics.CODE_DELAY.observe(max(0.0, now - code.received_at))
-            log.info("order %s user %s: code delivered", order.id, order.user_id)
-        elif result.outcome is Outcome.UNAVAILABLE and self.on_undelivered is not None:
-            self.on_undelivered(order.id)
-        if result.outcome is not Outcome.BLOCKED:
-            await self.refresh_card(order.id)
-        return result.outcome
-
-    async def _deliver_stored(self, order: Order) -> bool:
-        """Send the order's codes that Telegram has not accepted yet; False if one of them
-        should be tried again later (Telegram unavailable)."""
-        retry = False
-        for code in await self._db.orders.codes_of(order.id):
-            if code.delivered_at is None:
-                retry |= await self.deliver(code) is Outcome.UNAVAILABLE
-        return not retry
+        # The card first: by the time the notice shows, the card says so too (one chat's
+        # pushes of one priority go out in the order they were queued).
+        await self._tell.card(order)
+        await self._tell.notice(order.chat_id, "order_expired", order=order.id)
 
     async def user_returned(self, user_id: int) -> None:
-        """A user unblocked the bot: their codes held back meanwhile go out on the next step."""
-        for code, order in await self._db.codes.undelivered():
-            if order.user_id == user_id and self.on_undelivered is not None:
-                self.on_undelivered(code.order_id)
-
-    async def orders_with_undelivered_codes(self) -> set[int]:
-        return {code.order_id for code, _order in await self._db.codes.undelivered()}
-
-    def render_card(
-        self, order: Order, codes: list[Code], locale: str
-    ) -> tuple[str, str, InlineKeyboardMarkup | None]:
-        with self._i18n.use_locale(locale):
-            country = self._catalogue.title_of(order.country_id, locale)
-            text = texts.order_card(order, codes, self.clock(), country=country)
-            markup = keyboards.order_card(order)
-        dump = markup.model_dump(exclude_none=True) if markup else None
-        signature = text + "\x00" + json.dumps(dump, sort_keys=True)
-        return text, signature, markup
-
-    async def refresh_card(
-        self, order_id: int, *, message_id: int | None = None, create: bool = True
-    ) -> None:
-        """Edit the order card if its text or buttons changed; send a new one if it's gone
-        (unless `create` is False: the countdown only edits a card that is there).
-
-        `message_id` moves the card: the handler's confirm screen becomes the card, or
-        (with -1) My orders brings it back as a new message at the bottom of the chat.
-        """
-        async with _lock_for(self._card_locks, order_id):
-            await self._refresh_card(order_id, message_id, create)
-
-    async def _refresh_card(self, order_id: int, message_id: int | None, create: bool) -> None:
-        order = await self._db.orders.get(order_id)
-        if order is None or (not create and order.message_id is None):
-            return
-        user = await self._db.users.get(order.user_id)
-        if user is not None and user.blocked:
-            return
-        codes = await self._db.orders.codes_of(order.id)
-        text, signature, markup = self.render_card(
-            order, codes, pick_locale(user.language if user else None)
-        )
-        if message_id == NEW_MESSAGE:
-            order = replace(order, message_id=None)
-        elif message_id is not None and message_id != order.message_id:
-            order = replace(order, message_id=message_id, card_text=None)
-        if order.message_id is not None and signature == order.card_text:
-            return
-        if order.message_id is not None:
-            result = await self._notifier.edit(order.chat_id, order.message_id, text, markup)
-            if result.outcome is not Outcome.GONE:
-                if result.ok:
-                    await self._db.orders.set_message(order.id, order.message_id, signature)
-                return
-        if not create:
-            return
-        result = await self._notifier.send(order.chat_id, text, markup)
-        if result.ok:
-            await self._db.orders.set_message(order.id, result.message_id, signature)
+        """A user unblocked the bot: their codes held back meanwhile go out."""
+        await self._tell.undelivered_codes(user_id)
 
     async def recover(self) -> list[Order]:
         """At start: purchases cut short by a crash fail (released, nothing charged).

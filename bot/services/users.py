@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from bot.locale import SUPPORTED_LOCALES, pick_locale
 from bot.settings import Settings
 from bot.smsman.client import SmsManClient
-from bot.ui.i18n import SUPPORTED_LOCALES, pick_locale
 from storage.db import Database
 from storage.models import Profile
 
@@ -36,6 +36,10 @@ class UserService:
             await self.set_blocked(user_id, False)
             profile = await self._db.users.profile(user_id) or profile
         return profile
+
+    async def first_time(self, update_id: int) -> bool:
+        """Record a Telegram update as handled; False if it was before (a redelivery)."""
+        return await self._db.updates.claim(update_id)
 
     async def set_blocked(self, user_id: int, blocked: bool) -> None:
         """Telegram's my_chat_member (or a message) says whether they blocked the bot; on

@@ -7,12 +7,14 @@ from pathlib import Path
 
 from aiogram.utils.i18n import I18n
 
+from bot.locale import DEFAULT_LOCALE, SUPPORTED_LOCALES, pick_locale
+
+__all__ = ["DEFAULT_LOCALE", "SUPPORTED_LOCALES", "make_i18n", "pick_locale"]
+
 log = logging.getLogger(__name__)
 
 LOCALES_DIR = Path(__file__).resolve().parents[2] / "locales"
 DOMAIN = "messages"
-DEFAULT_LOCALE = "en"
-SUPPORTED_LOCALES = ("en", "ru")
 
 
 class CataloguesNotCompiled(RuntimeError):
@@ -39,12 +41,3 @@ def make_i18n() -> I18n:
     i18n = I18n(path=LOCALES_DIR, default_locale=DEFAULT_LOCALE, domain=DOMAIN)
     I18n.set_current(i18n)  # pushes from the poller run outside any update's context
     return i18n
-
-
-def pick_locale(stored: str | None, language_code: str | None = None) -> str:
-    """The stored choice (/language) wins; then Telegram's language_code; then English."""
-    if stored in SUPPORTED_LOCALES:
-        return stored
-    if language_code and language_code.lower().split("-")[0] == "ru":
-        return "ru"
-    return DEFAULT_LOCALE

@@ -285,3 +285,36 @@ def plain_short(text: str, limit: int = 200) -> str:
     from bot.ui.screen import plain
 
     return plain(text)[:limit]
+
+
+def broadcast_progress(*, sent: int, blocked: int, left: int, status: str) -> str:
+    head = {
+        "running": _("📣 Broadcast in progress"),
+        "done": _("📣 Broadcast finished"),
+        "cancelled": _("📣 Broadcast cancelled"),
+    }[status]
+    return "\n".join(
+        [
+            f"<b>{head}</b>",
+            _("Sent: {n}").format(n=sent),
+            _("Blocked the bot: {n}").format(n=blocked),
+            _("Left: {n}").format(n=left),
+        ]
+    )
+
+
+def broadcast_usage() -> str:
+    return _(
+        "Reply to a message with /broadcast to send it to every user, or write the text after"
+        " the command: /broadcast Hello. /broadcast cancel stops a broadcast under way."
+    )
+
+
+def broadcast_cancelled(count: int) -> str:
+    if count == 0:
+        return _("No broadcast is under way.")
+    return _("Broadcast cancelled.")
+
+
+def broadcast_only_text() -> str:
+    return _("Only a text message can be broadcast.")
