@@ -40,10 +40,10 @@ from bot.services.pricing import Pricing
 from bot.settings import Settings
 from bot.smsman.client import SmsManClient
 from bot.smsman.errors import SmsManError
-from bot.ui import stars as stars_ui
 from storage.db import Database
 from storage.errors import InsufficientFunds
 from storage.models import LedgerKind, LedgerRow, Order, OrderStatus, User
+from storage.payments import Payment, PaymentStatus, PaymentSummary
 from storage.stats import Summary
 
 log = logging.getLogger(__name__)
@@ -265,7 +265,7 @@ class AdminService:
             if payments:
                 lines.append("")
                 lines.append(_("<b>Stars top-ups</b>:"))
-                lines += [stars_ui.payment_line(p, _when(p.created_at)) for p in payments]
+                lines += [_payment_line(p, _when(p.created_at)) for p in payments]
             history = await self._db.wallet.history(user_id, USER_LEDGER)
             if history:
                 lines.append("")
@@ -360,7 +360,7 @@ class AdminService:
         if not self._settings.is_shop:
             return []
         summary = await self._db.payments.summary(since)
-        return [stars_ui.summary_line(summary, self._settings.currency)]
+        return [_stars_summary_line(summary, self._settings.currency)]
 
     # -- /ban, /unban --------------------------------------------------------------------
 
@@ -606,3 +606,32 @@ def _status_label(status: OrderStatus) -> str:
         OrderStatus.FAILED: _("failed, not charged"),
     }
     return labels[status]
+
+
+def _payment_status_label(status: PaymentStatus) -> str:
+    labels = {
+        PaymentStatus.CREDITED: _("credited"),
+        PaymentStatus.REFUNDING: _("refund in progress"),
+        PaymentStatus.REFUNDED: _("refunded"),
+    }
+    return labels[status]
+
+
+def _payment_line(payment: Payment, when: str) -> str:
+    amount = format_money(payment.amount, payment.currency)
+    return (
+        f"{when} {payment.stars} ⭐ → {amount}: "
+        f"{_payment_status_label(payment.status)} — <code>{_e(payment.charge_id)}</code>"
+    )
+
+
+def _stars_summary_line(summary: PaymentSummary, currency: str) -> str:
+    return _(
+        "Stars top-ups: {count} ({stars} Stars, {amount}); refunded: {refunds} ({refunded})"
+    ).format(
+        count=summary.topups,
+        stars=summary.topup_stars,
+        amount=format_money(summary.topped_up, currency),
+        refunds=summary.refunds,
+        refunded=format_money(summary.refunded, currency),
+    )

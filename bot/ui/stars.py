@@ -12,7 +12,7 @@ from bot.services.money import format_money
 from bot.services.stars import RefundOutcome, RefundResult, Verdict
 from bot.ui.callbacks import MenuAction, MenuCb, TopupCb
 from bot.ui.texts import e
-from storage.payments import Payment, PaymentStatus, PaymentSummary
+from storage.payments import Payment
 
 STAR = "⭐"
 
@@ -189,31 +189,3 @@ def refund_reply(result: RefundResult, user_id: int, charge_id: str, currency: s
                 "within a few minutes; /user {user} shows the outcome."
             )
     return text.format(**fields)
-
-
-def status_label(status: PaymentStatus) -> str:
-    labels = {
-        PaymentStatus.CREDITED: _("credited"),
-        PaymentStatus.REFUNDING: _("refund in progress"),
-        PaymentStatus.REFUNDED: _("refunded"),
-    }
-    return labels[status]
-
-
-def payment_line(payment: Payment, when: str) -> str:
-    return (
-        f"{when} {payment.stars} {STAR} → {format_money(payment.amount, payment.currency)}: "
-        f"{status_label(payment.status)} — <code>{e(payment.charge_id)}</code>"
-    )
-
-
-def summary_line(summary: PaymentSummary, currency: str) -> str:
-    return _(
-        "Stars top-ups: {count} ({stars} Stars, {amount}); refunded: {refunds} ({refunded})"
-    ).format(
-        count=summary.topups,
-        stars=summary.topup_stars,
-        amount=format_money(summary.topped_up, currency),
-        refunds=summary.refunds,
-        refunded=format_money(summary.refunded, currency),
-    )
