@@ -161,6 +161,23 @@ async def _get(conn: AsyncConnection, charge_id: str) -> Payment | None:
     return _payment(row) if row else None
 
 
+async def _book(
+    conn: AsyncConnection, moved: Payment, sign: int, note: str, key: str, now: float
+) -> None:
+    """The ledger row of a refund step: the payment's amount out (-1) or back in (+1),
+    keyed by the charge and the refund attempt."""
+    await ledger.add_row(
+        conn,
+        user_id=moved.user_id,
+        amount=sign * moved.amount,
+        kind=LedgerKind.DEBIT if sign < 0 else LedgerKind.CREDIT,
+        order_id=None,
+        note=note,
+        now=now,
+        key=key.format(charge=moved.charge_id, attempt=moved.refund_attempts),
+    )
+
+
 async def _move(
     conn: AsyncConnection,
     charge_id: str,
@@ -297,16 +314,7 @@ class Payments:
                 return None
             if available < moved.amount:
                 raise InsufficientFunds(available)  # rolls the move back
-            await ledger.add_row(
-                conn,
-                user_id=moved.user_id,
-                amount=-moved.amount,
-                kind=LedgerKind.DEBIT,
-                order_id=None,
-                note=f"{moved.stars} Stars refund",
-                now=ts,
-                key=REFUND_KEY.format(charge=charge_id, attempt=moved.refund_attempts),
-            )
+            await _book(conn, moved, -1, f"{moved.stars} Stars refund", REFUND_KEY, ts)
             return moved
 
         return await self._db.write(tx)
@@ -337,16 +345,7 @@ class Payments:
             )
             if moved is None:
                 return False
-            await ledger.add_row(
-                conn,
-                user_id=moved.user_id,
-                amount=moved.amount,
-                kind=LedgerKind.CREDIT,
-                order_id=None,
-                note=f"{moved.stars} Stars refund refused",
-                now=ts,
-                key=RESTORE_KEY.format(charge=charge_id, attempt=moved.refund_attempts),
-            )
+            await _book(conn, moved, 1, f"{moved.stars} Stars refund refused", RESTORE_KEY, ts)
             return True
 
         return await self._db.write(tx)
@@ -372,15 +371,8 @@ class Payments:
             )
             if moved is None:
                 return False
-            await ledger.add_row(
-                conn,
-                user_id=moved.user_id,
-                amount=-moved.amount,
-                kind=LedgerKind.DEBIT,
-                order_id=None,
-                note=f"{moved.stars} Stars refunded by Telegram",
-                now=ts,
-                key=REFUND_KEY.format(charge=charge_id, attempt=moved.refund_attempts),
+            await _book(
+                conn, moved, -1, f"{moved.stars} Stars refunded by Telegram", REFUND_KEY, ts
             )
             return True
 
