@@ -2,8 +2,7 @@
 
 Every `*_command` takes the command's arguments as typed and returns what happened as a
 small result type (bot/ui/admin.py renders it). A malformed command is Refused and changes
-nothing.
-Wallet moves are keyed by the command message (admin chat + message id), so an update
+nothing. Wallet moves are keyed by the command message (admin chat + message id), so an update
 Telegram hands out twice moves money once.
 """
 
