@@ -9,16 +9,21 @@ import asyncio
 import itertools
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from decimal import Decimal
 from typing import Any
 
+from bot.app import App, build_app
 from bot.poller import Poller
 from bot.services.leases import OrderLeases
 from bot.services.orders import PollOutcome, StepResult
+from bot.settings import Settings
+from sandbox.smsman import FakeSmsMan
+from sandbox.telegram import FakeTelegram
 from storage.db import Database
 from storage.leases import Leases, Replica
-from storage.models import Order
+from storage.models import LedgerKind, Money, Order, OrderStatus
 from tests.botproc import wait_until
 
 INTERVAL = 0.6
@@ -317,3 +322,65 @@ async def test_live_replicas_are_counted_and_a_clean_stop_leaves(database_url: s
         assert await leases.live_replicas() == count - 1
         assert await leases.live_replicas(now=time.time() + 1.5) == 0
         assert await OrderLeases(db, replicas[1]).alone() is False
+
+
+# -- two whole replicas: a user's Cancel on one, the poller's expiry on the other --------
+
+
+@asynccontextmanager
+async def replica_app(settings: Settings) -> AsyncIterator[App]:
+    """The bot's app without its Telegram polling (two would fight over getUpdates): the
+    poller and delivery run, the handlers' services are called directly."""
+    app = await build_app(settings)
+    await app.on_startup()
+    try:
+        yield app
+    finally:
+        await app.on_shutdown()
+        await app.close()
+
+
+async def test_cancel_on_one_replica_and_expiry_on_the_other_have_one_winner(
+    telegram: FakeTelegram,
+    smsman: FakeSmsMan,
+    bot_settings_on_each_engine: Callable[..., Settings],
+) -> None:
+    """Orders bought (and polled) on A; for each, the user's Cancel goes to B while A's
+    poller finds the deadline passed, at once: one transition, one release, books clean."""
+    settings = bot_settings_on_each_engine(
+        access_mode="shop", sms_poll_interval=0.3, purchases_per_minute=100
+    )
+    smsman.balance = Decimal(10_000)
+    async with replica_app(settings) as a, replica_app(settings) as b:
+        await a.db.wallet.credit(1, 1_000_00, note=None, idempotency_key="fund")
+        telegram.user(1, started=True)
+        ended = []
+        for n in range(6):
+            offer = await a.catalogue.offer(1, 1)
+            assert offer is not None
+            bought = await a.orders.buy(
+                user_id=1,
+                chat_id=1,
+                country_id=1,
+                service_id=1,
+                quoted_cost=offer.service.cost,
+                quoted_price=a.orders.price_for(offer.service.cost),
+                multiple_sms=False,
+                idempotency_key=f"race-{n}",
+            )
+            assert bought.order is not None and bought.order.status is OrderStatus.WAITING
+            order_id = bought.order.id
+            await asyncio.gather(
+                b.orders.cancel(1, order_id), a.orders.expire_due(order_id), return_exceptions=True
+            )
+            ended.append(order_id)
+        for order_id in ended:
+            order = await a.db.orders.get(order_id)
+            assert order is not None
+            assert order.status in (OrderStatus.CANCELLED, OrderStatus.EXPIRED)
+            assert order.money is Money.RELEASED
+        rows = await a.db.wallet.history(1, limit=1000)
+        releases = [r.order_id for r in rows if r.kind is LedgerKind.RELEASE]
+        assert sorted(releases) == sorted(ended), "one release per order"
+        assert await a.db.wallet.balance(1) == (1_000_00, 0)
+        assert await a.db.wallet.check_invariant() == []
