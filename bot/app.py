@@ -23,6 +23,7 @@ from redis.asyncio import Redis
 
 from bot.delivery.pacing import Paced, Pacer
 from bot.delivery.service import Delivery
+from bot.delivery.shared_pacing import SharedPacer, telegram_prefix
 from bot.http import HttpServer, webhook_params
 from bot.poller import PROBE_TIMEOUT, Poller
 from bot.polling import PollConflict
@@ -32,6 +33,7 @@ from bot.services.access import Access
 from bot.services.admin import AdminService
 from bot.services.catalogue import CatalogueService
 from bot.services.currency import record_currency
+from bot.services.leases import OrderLeases
 from bot.services.orders import OrderService
 from bot.services.pricing import Pricing
 from bot.services.stars import StarsService
@@ -45,6 +47,7 @@ from handlers import get_routers
 from handlers.middlewares import InFlight, setup_middlewares
 from storage.db import Database
 from storage.fsm import DatabaseFsmStorage
+from storage.leases import Leases, Replica
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +71,7 @@ class App:
     stars: StarsService
     i18n: I18n
     in_flight: InFlight
+    replica: Replica  # this process among the replicas: its leases (storage/leases.py)
     redis: Redis | None = None
     shared_gate: SharedCallGate | None = None
     exit_reason: str | None = None  # why it stopped on its own (exit status 2)
@@ -94,6 +98,10 @@ class App:
         await self.poller.stop()
         await self.admin.stop()
         await self.delivery.stop()
+        try:  # the other replicas (or the next start) take the work over at once
+            await Leases(self.db).leave(self.replica)
+        except Exception as exc:  # they take it over when the leases run out
+            log.warning("could not give the leases back: %s", type(exc).__name__)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
@@ -181,14 +189,14 @@ async def build_app(settings: Settings) -> App:
     keep_response_models()
     i18n = make_i18n()
     session = AiohttpSession(api=TelegramAPIServer.from_base(settings.telegram_api_url))
+    redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
     # Every counted call (handlers' answers too) takes from one overall budget; a 429
-    # pauses them all (bot/delivery/pacing.py).
-    pacer = Pacer(settings.telegram_max_rps)
+    # pauses them all (bot/delivery/pacing.py); with Redis, over every replica.
+    pacer = _pacer(redis, settings)
     session.middleware(Paced(pacer))
     conflict = PollConflict(lambda reason: app.on_poll_conflict(reason))
     if not settings.webhook_mode:
         session.middleware(conflict)
-    redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
     gate = _shared_gate(redis, settings) if redis is not None else None
     bot = Bot(
         token=settings.bot_token.get_secret_value(),
@@ -196,6 +204,10 @@ async def build_app(settings: Settings) -> App:
         default=DefaultBotProperties(parse_mode=ParseMode.HTML),
     )
     db = await Database.open(settings.database_url)
+    # Leases last one poll interval: a killed replica's orders and messages are taken
+    # over within about 1.3 intervals (renewed every third of it).
+    replica = Replica.new(settings.sms_poll_interval)
+    log.info("replica %s", replica.id)
     try:
         await record_currency(db, settings.currency)
     except BaseException:
@@ -217,7 +229,14 @@ async def build_app(settings: Settings) -> App:
     stars = StarsService(settings, db, bot)
     await stars.load()
 
-    delivery = Delivery(bot=bot, db=db, i18n=i18n, country_title=catalogue.title_of, pacer=pacer)
+    delivery = Delivery(
+        bot=bot,
+        db=db,
+        i18n=i18n,
+        country_title=catalogue.title_of,
+        pacer=pacer,
+        replica=replica,
+    )
     admin = AdminService(
         settings=settings,
         db=db,
@@ -235,6 +254,7 @@ async def build_app(settings: Settings) -> App:
         pricing=pricing,
         tell=delivery,
         alerts=admin,
+        replica=replica,
     )
     poller = Poller(
         orders=orders,
@@ -245,6 +265,7 @@ async def build_app(settings: Settings) -> App:
         # for all of them before it counts as lost.
         probe_timeout=max(PROBE_TIMEOUT, 10 * settings.smsman_timeout),
         policy=await _poll_policy(settings, db),
+        leases=OrderLeases(db, replica),
     )
     dp = _dispatcher(redis, db)
     in_flight = InFlight()
@@ -266,6 +287,7 @@ async def build_app(settings: Settings) -> App:
         stars=stars,
         i18n=i18n,
         in_flight=in_flight,
+        replica=replica,
         redis=redis,
         shared_gate=gate,
     )
@@ -298,6 +320,16 @@ def _dispatcher(redis: Redis | None, db: Database) -> Dispatcher:
         redis_storage = RedisStorage(redis, key_builder=DefaultKeyBuilder(with_bot_id=True))
         storage, isolation = redis_storage, redis_storage.create_isolation()
     return Dispatcher(storage=storage, events_isolation=isolation)
+
+
+def _pacer(redis: Redis | None, settings: Settings) -> Pacer:
+    if redis is None:
+        return Pacer(settings.telegram_max_rps)
+    return SharedPacer(
+        redis,
+        prefix=telegram_prefix(settings.bot_token.get_secret_value()),
+        max_rps=settings.telegram_max_rps,
+    )
 
 
 def _shared_gate(redis: Redis, settings: Settings) -> SharedCallGate:
