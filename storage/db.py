@@ -6,7 +6,9 @@ the caller just does not see the outcome, and `close()` waits for it.
 
 - SQLite writes: one writer task, several calls per COMMIT, a SAVEPOINT each
   (storage/group_commit.py); single-statement reads: one reader task on its own connection
-  (storage/reader.py). Each task owns its connection.
+  (storage/reader.py). Each task owns its connection, and runs each batch of calls in one
+  hop to that connection's thread (storage/inline.py): there a call may await only its
+  statements.
 - Everything else (PostgreSQL, snapshot reads): a task of its own on its own pooled
   connection, awaited through `asyncio.shield`. Two tasks never share a connection.
 """
@@ -106,6 +108,8 @@ class Database:
     async def close(self) -> None:
         self._closed = True
         await self.drain()
+        if self._group is not None:
+            await self._group.close()
         if self._reader is not None:
             await self._reader.close()
         if self.is_sqlite:
@@ -128,7 +132,9 @@ class Database:
             return await self._shielded(self._in(self._engines.write, fn))
         if self._closed:
             raise RuntimeError("the database is closed")
-        result: T = await asyncio.shield(self._group.submit(fn))
+        # Not shielded: a cancelled caller cancels only its future; the writer runs the call
+        # whole anyway and does not tell it the outcome.
+        result: T = await self._group.submit(fn)
         return result
 
     async def read(self, fn: Tx[T]) -> T:
