@@ -24,7 +24,7 @@ from sqlalchemy.engine.interfaces import (
     _CoreAnyExecuteParams,
     _DBAPIAnyExecuteParams,
 )
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncTransaction
 from sqlalchemy.pool import PoolProxiedConnection
 
 T = TypeVar("T")
@@ -71,11 +71,33 @@ class InlineConnection(AsyncConnection):
     async def get_raw_connection(self) -> PoolProxiedConnection:
         return self._proxied.connection
 
+    def begin(self) -> AsyncTransaction:
+        return _InlineTransaction(self)
+
     async def commit(self) -> NoReturn:
         raise RuntimeError("a repository transaction is committed by its runner, not itself")
 
     async def rollback(self) -> NoReturn:
         raise RuntimeError("a repository transaction is rolled back by raising, not itself")
+
+
+class _InlineTransaction(AsyncTransaction):
+    """BEGIN (as SQLAlchemy's "begin" hook says) and COMMIT/ROLLBACK, called right here."""
+
+    async def start(self, is_ctxmanager: bool = False) -> AsyncTransaction:
+        self.sync_transaction = self.connection.sync_connection.begin()  # type: ignore[union-attr]
+        if is_ctxmanager:
+            self.sync_transaction.__enter__()
+        return self
+
+    async def __aexit__(self, type_: Any, value: Any, traceback: Any) -> None:
+        self._proxied.__exit__(type_, value, traceback)
+
+    async def commit(self) -> None:
+        self._proxied.commit()
+
+    async def rollback(self) -> None:
+        self._proxied.rollback()
 
 
 def finish(step: Awaitable[T], name: str) -> T:
