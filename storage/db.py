@@ -52,8 +52,9 @@ class Database:
         self._engines = engines
         self.is_sqlite = engines.is_sqlite
         # SQLite has one writer at a time anyway (BEGIN IMMEDIATE): one writer task runs the
-        # queued write calls, several per COMMIT (storage/group_commit.py).
-        self._group = GroupCommit(engines.write) if engines.is_sqlite else None
+        # queued write calls, several per COMMIT (storage/group_commit.py). It BEGINs itself,
+        # on a connection without SQLAlchemy's per-statement event dispatch.
+        self._group = GroupCommit(engines.base) if engines.is_sqlite else None
         # ... and one reader task answers single-statement reads (storage/reader.py).
         self._reader = SerialReader(engines.read) if engines.is_sqlite else None
         self._running: set[asyncio.Task[Any]] = set()

@@ -29,7 +29,8 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from storage.inline import InlineConnection, finish, name_of
+from storage.engine import WRITE_BEGIN
+from storage.inline import InlineConnection, finish
 from storage.sqlite_driver import OneHopConnection, on_thread
 
 Tx = Callable[[AsyncConnection], Awaitable[Any]]
@@ -160,13 +161,18 @@ async def _awaited(fn: Tx, conn: AsyncConnection) -> Any:
 
 
 async def _in_one_step(fn: Tx, conn: AsyncConnection) -> Any:
-    return finish(fn(conn), name_of(fn))
+    return finish(fn(conn), fn)
 
 
 async def _batch(conn: AsyncConnection, batch: Batch, outcomes: Outcomes, call: Call) -> None:
     """BEGIN IMMEDIATE, the calls (a SAVEPOINT each unless alone), COMMIT. A lone call's
     error, or the batch's, propagates; a call's own error in a batch goes to `outcomes`."""
     async with conn.begin():
+        raw = (await conn.get_raw_connection()).dbapi_connection
+        if isinstance(raw, OneHopConnection):
+            raw.defer(WRITE_BEGIN)  # goes with the first statement (none: nothing to commit)
+        else:
+            await conn.exec_driver_sql(WRITE_BEGIN)
         if len(batch) == 1:
             fn, future = batch[0]
             outcomes.append((future, await call(fn, conn), None))

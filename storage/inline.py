@@ -100,8 +100,9 @@ class _InlineTransaction(AsyncTransaction):
         self._proxied.rollback()
 
 
-def finish(step: Awaitable[T], name: str) -> T:
-    """Run `step` (awaiting only InlineConnection statements) to its end, now."""
+def finish(step: Awaitable[T], of: Callable[..., Any] | str) -> T:
+    """Run `step` (awaiting only InlineConnection statements) to its end, now. `of`: the
+    transaction function (or a name) to name in the error if it awaits anything else."""
     steps = step.__await__()
     try:
         waited_for = steps.send(None)
@@ -110,19 +111,19 @@ def finish(step: Awaitable[T], name: str) -> T:
         return result
     except RuntimeError as error:
         if "event loop" in str(error):  # e.g. asyncio.sleep(0.1), a Lock, an Event
-            error.add_note(_why(name))
+            error.add_note(_why(of))
         raise
     close = getattr(steps, "close", None)
     if close is not None:
         close()  # its `finally` blocks run; what it wrote is undone by the caller
-    raise AwaitedInsideTransaction(f"{_why(name)} (it awaited {waited_for!r})")
+    raise AwaitedInsideTransaction(f"{_why(of)} (it awaited {waited_for!r})")
 
 
-def name_of(fn: Callable[..., Any]) -> str:
-    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
-
-
-def _why(name: str) -> str:
+def _why(of: Callable[..., Any] | str) -> str:
+    if isinstance(of, str):
+        name = of
+    else:  # a partial or a callable object has no __qualname__
+        name = f"{getattr(of, '__module__', '?')}.{getattr(of, '__qualname__', repr(of))}"
     return (
         f"the SQLite transaction {name} awaited something other than its statements;"
         " it runs on the database connection's thread, where nothing else can be awaited"

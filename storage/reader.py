@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from storage.inline import InlineConnection, finish, name_of
+from storage.inline import InlineConnection, finish
 from storage.sqlite_driver import OneHopConnection, on_thread
 
 Query = Callable[[AsyncConnection], Awaitable[Any]]
@@ -107,20 +107,19 @@ async def _answerer(conn: AsyncConnection) -> Callable[[_Reads], Awaitable[list[
 
 
 def _answer_inline(conn: InlineConnection, reads: _Reads) -> list[_Answer]:
-    """On the connection's thread: every queued read, one after another."""
+    """On the connection's thread: every queued read, one after another. One SQLAlchemy
+    transaction around them all is only bookkeeping (this connection never BEGINs: each
+    SELECT is its own snapshot), so a read's failure leaves nothing for the next."""
     answers = []
-    for fn, future in reads:
-        if future.done():  # its caller was cancelled before it started
-            answers.append(_SKIPPED)
-            continue
-        try:
-            result = finish(fn(conn), name_of(fn))
-        except Exception as error:
-            conn.sync.rollback()
-            answers.append((None, error))
-        else:
-            conn.sync.commit()  # no statement: ends SQLAlchemy's autobegin
-            answers.append((result, None))
+    with conn.sync.begin():
+        for fn, future in reads:
+            if future.done():  # its caller was cancelled before it started
+                answers.append(_SKIPPED)
+                continue
+            try:
+                answers.append((finish(fn(conn), fn), None))
+            except Exception as error:
+                answers.append((None, error))
     return answers
 
 
