@@ -22,6 +22,7 @@ from aiogram.utils.keyboard import InlineKeyboardBuilder
 
 from bot.services.catalogue import CountryItem, ServiceItem
 from bot.services.money import format_money
+from bot.telegram_session import share
 from bot.ui.callbacks import (
     BuyCb,
     CountryCb,
@@ -99,7 +100,7 @@ def _memoized(
     if markup is not None:
         _memo.move_to_end(full)
         return markup
-    markup = build()
+    markup = share(build())
     _memo[full] = markup
     if len(_memo) > MEMO_SIZE:
         _memo.popitem(last=False)
