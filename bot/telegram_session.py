@@ -8,9 +8,8 @@ parameters as one application/json object, built here with aiogram's own value
 preparation (defaults such as parse_mode resolved, None dropped at every depth, as in the
 form). Calls that upload a file still go as aiogram builds them (multipart).
 
-Keyboards that bot/ui builds once and reuses (`share`) are also prepared once: they are
-never modified after they are built, so their JSON-ready form is kept beside them for as
-long as they live.
+Keyboards that bot/ui builds once and reuses (`share`) are encoded once: they are never
+modified after they are built, so their JSON is kept beside them for as long as they live.
 """
 
 from __future__ import annotations
@@ -32,13 +31,13 @@ if TYPE_CHECKING:
 JSON_HEADERS = {"Content-Type": "application/json"}
 MARKUP = "reply_markup"
 
-# id(markup) -> (the markup, weakly; its prepared form once a call needed it)
-_shared: dict[int, tuple[weakref.ref[InlineKeyboardMarkup], dict[str, Any] | None]] = {}
+# id(markup) -> (the markup, weakly; its JSON once a call needed it)
+_shared: dict[int, tuple[weakref.ref[InlineKeyboardMarkup], bytes | None]] = {}
 
 
 def share(markup: InlineKeyboardMarkup) -> InlineKeyboardMarkup:
     """Mark a keyboard as built once and never modified (bot/ui's memoised keyboards): its
-    prepared form is made at its first send and reused until it is garbage."""
+    JSON is made at its first send and reused until the keyboard is garbage."""
     key = id(markup)
     if key not in _shared:
         _shared[key] = (weakref.ref(markup), None)
@@ -50,12 +49,15 @@ def shared_count() -> int:
     return len(_shared)
 
 
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+
+
 class JsonSession(AiohttpSession):
     def json_body(self, bot: Bot, method: TelegramMethod[Any]) -> bytes | None:
         """The call's parameters as one JSON object; None when it uploads a file."""
-        markup = getattr(method, MARKUP, None)
-        prepared_markup = self._shared_markup(bot, markup)
-        exclude = {MARKUP} if prepared_markup is not None else None
+        markup_json = self._shared_markup(bot, getattr(method, MARKUP, None))
+        exclude = {MARKUP} if markup_json is not None else None
         files: dict[str, Any] = {}
         payload: dict[str, Any] = {}
         for key, value in method.model_dump(warnings=False, exclude=exclude).items():
@@ -66,21 +68,24 @@ class JsonSession(AiohttpSession):
             payload[key] = value
         if files:
             return None
-        if prepared_markup is not None:
-            payload[MARKUP] = prepared_markup
-        return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+        body = _dumps(payload)
+        if markup_json is None:
+            return body
+        # The shared keyboard's JSON as the last member of the object.
+        glue = b"," if payload else b""
+        return b"".join((body[:-1], glue, b'"', MARKUP.encode(), b'":', markup_json, b"}"))
 
-    def _shared_markup(self, bot: Bot, markup: object) -> dict[str, Any] | None:
+    def _shared_markup(self, bot: Bot, markup: object) -> bytes | None:
         if not isinstance(markup, InlineKeyboardMarkup):
             return None
         entry = _shared.get(id(markup))
         if entry is None or entry[0]() is not markup:
             return None
-        prepared = entry[1]
-        if prepared is None:
-            prepared = self.prepare_value(markup, bot=bot, files={}, _dumps_json=False)
-            _shared[id(markup)] = (entry[0], prepared)
-        return prepared
+        encoded = entry[1]
+        if encoded is None:
+            encoded = _dumps(self.prepare_value(markup, bot=bot, files={}, _dumps_json=False))
+            _shared[id(markup)] = (entry[0], encoded)
+        return encoded
 
     async def make_request(
         self,

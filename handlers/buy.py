@@ -55,7 +55,8 @@ async def on_buy(
 ) -> None:
     """The first page of countries."""
     await state.set_state(Choosing.country)
-    await state.update_data(country_query=None)
+    if (await state.get_data()).get("country_query") is not None:
+        await state.update_data(country_query=None)  # no write when there is none
     screen = await menus.countries(locale, 0, None)
     await show(event, screen.text, screen.markup)
     if isinstance(event, CallbackQuery):
