@@ -237,16 +237,21 @@ def confirm(
     """Buy with the quote (provider cost and the price shown); `multi` (MULTIPLE_SMS):
     every number takes several SMS, otherwise a second button lets the user ask for it."""
 
+    key = ("confirm", country_id, service_id, cost, price, multi)
+    return _memoized(key, lambda: _confirm(country_id, service_id, cost, price, multi=multi))
+
+
+def _confirm(
+    country_id: int, service_id: int, cost: int, price: int, *, multi: bool
+) -> InlineKeyboardMarkup:
     def buy(several: bool) -> BuyCb:
         return BuyCb(country=country_id, service=service_id, cost=cost, price=price, multi=several)
 
-    kb = InlineKeyboardBuilder()
-    kb.button(text="✅ " + _("Buy"), callback_data=buy(multi))
+    rows = [[_button("✅ " + _("Buy"), buy(multi))]]
     if not multi:
-        kb.button(text="🔁 " + _("Buy (several SMS)"), callback_data=buy(True))
-    kb.button(text="↩ " + _("Services"), callback_data=ServicePageCb(country=country_id, page=0))
-    kb.adjust(1)
-    return kb.as_markup()
+        rows.append([_button("🔁 " + _("Buy (several SMS)"), buy(True))])
+    rows.append([_button("↩ " + _("Services"), ServicePageCb(country=country_id, page=0))])
+    return InlineKeyboardMarkup(inline_keyboard=rows)
 
 
 def order_card(order: Order) -> InlineKeyboardMarkup | None:
