@@ -22,7 +22,9 @@ from redis.asyncio import Redis
 
 from bot.delivery.pacing import Paced, Pacer
 from bot.delivery.service import Delivery
+from bot.delivery.shared_pacing import SharedPacer, telegram_prefix
 from bot.http import HttpServer, webhook_params
+from bot.isolation import RenewedRedisIsolation
 from bot.poller import PROBE_TIMEOUT, Poller
 from bot.polling import PollConflict
 from bot.responses import keep_response_models
@@ -31,6 +33,7 @@ from bot.services.access import Access
 from bot.services.admin import AdminService
 from bot.services.catalogue import CatalogueService
 from bot.services.currency import record_currency
+from bot.services.leases import OrderLeases
 from bot.services.orders import OrderService
 from bot.services.pricing import Pricing
 from bot.services.stars import StarsService
@@ -45,6 +48,7 @@ from handlers import get_routers
 from handlers.middlewares import InFlight, setup_middlewares
 from storage.db import Database
 from storage.fsm import DatabaseFsmStorage
+from storage.leases import Leases, Replica
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +72,7 @@ class App:
     stars: StarsService
     i18n: I18n
     in_flight: InFlight
+    replica: Replica  # this process among the replicas: its leases (storage/leases.py)
     redis: Redis | None = None
     shared_gate: SharedCallGate | None = None
     exit_reason: str | None = None  # why it stopped on its own (exit status 2)
@@ -94,6 +99,10 @@ class App:
         await self.poller.stop()
         await self.admin.stop()
         await self.delivery.stop()
+        try:  # the other replicas (or the next start) take the work over at once
+            await Leases(self.db).leave(self.replica)
+        except Exception as exc:  # they take it over when the leases run out
+            log.warning("could not give the leases back: %s", type(exc).__name__)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
@@ -182,14 +191,14 @@ async def build_app(settings: Settings) -> App:
     i18n = make_i18n()
     # Each call one JSON body, not a multipart form (bot/telegram_session.py).
     session = JsonSession(api=TelegramAPIServer.from_base(settings.telegram_api_url))
+    redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
     # Every counted call (handlers' answers too) takes from one overall budget; a 429
-    # pauses them all (bot/delivery/pacing.py).
-    pacer = Pacer(settings.telegram_max_rps)
+    # pauses them all (bot/delivery/pacing.py); with Redis, over every replica.
+    pacer = _pacer(redis, settings)
     session.middleware(Paced(pacer))
     conflict = PollConflict(lambda reason: app.on_poll_conflict(reason))
     if not settings.webhook_mode:
         session.middleware(conflict)
-    redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
     gate = _shared_gate(redis, settings) if redis is not None else None
     bot = Bot(
         token=settings.bot_token.get_secret_value(),
@@ -197,6 +206,10 @@ async def build_app(settings: Settings) -> App:
         default=DefaultBotProperties(parse_mode=ParseMode.HTML),
     )
     db = await Database.open(settings.database_url)
+    # Leases last one poll interval: a killed replica's orders and messages are taken
+    # over within about 1.3 intervals (renewed every third of it).
+    replica = Replica.new(settings.sms_poll_interval)
+    log.info("replica %s", replica.id)
     try:
         await record_currency(db, settings.currency)
     except BaseException:
@@ -218,7 +231,14 @@ async def build_app(settings: Settings) -> App:
     stars = StarsService(settings, db, bot)
     await stars.load()
 
-    delivery = Delivery(bot=bot, db=db, i18n=i18n, country_title=catalogue.title_of, pacer=pacer)
+    delivery = Delivery(
+        bot=bot,
+        db=db,
+        i18n=i18n,
+        country_title=catalogue.title_of,
+        pacer=pacer,
+        replica=replica,
+    )
     admin = AdminService(
         settings=settings,
         db=db,
@@ -236,6 +256,7 @@ async def build_app(settings: Settings) -> App:
         pricing=pricing,
         tell=delivery,
         alerts=admin,
+        replica=replica,
     )
     poller = Poller(
         orders=orders,
@@ -246,6 +267,7 @@ async def build_app(settings: Settings) -> App:
         # for all of them before it counts as lost.
         probe_timeout=max(PROBE_TIMEOUT, 10 * settings.smsman_timeout),
         policy=await _poll_policy(settings, db),
+        leases=OrderLeases(db, replica),
     )
     dp = _dispatcher(redis, db)
     in_flight = InFlight()
@@ -274,6 +296,7 @@ async def build_app(settings: Settings) -> App:
         stars=stars,
         i18n=i18n,
         in_flight=in_flight,
+        replica=replica,
         redis=redis,
         shared_gate=gate,
     )
@@ -297,15 +320,27 @@ async def build_app(settings: Settings) -> App:
 
 
 def _dispatcher(redis: Redis | None, db: Database) -> Dispatcher:
-    """FSM in the database for one process; in Redis, with its event isolation (one update
-    of a chat at a time over every replica), when REDIS_URL is set."""
+    """FSM in the database for one process; in Redis, with an event isolation (one update
+    of a chat at a time over every replica) whose locks a killed replica does not keep
+    long (bot/isolation.py), when REDIS_URL is set."""
     storage: BaseStorage = DatabaseFsmStorage(db)
     isolation: BaseEventIsolation | None = None
     if redis is not None:
         # Keys carry the bot's id: several bots may share one Redis.
-        redis_storage = RedisStorage(redis, key_builder=DefaultKeyBuilder(with_bot_id=True))
-        storage, isolation = redis_storage, redis_storage.create_isolation()
+        keys = DefaultKeyBuilder(with_bot_id=True)
+        storage = RedisStorage(redis, key_builder=keys)
+        isolation = RenewedRedisIsolation(redis, keys)
     return Dispatcher(storage=storage, events_isolation=isolation)
+
+
+def _pacer(redis: Redis | None, settings: Settings) -> Pacer:
+    if redis is None:
+        return Pacer(settings.telegram_max_rps)
+    return SharedPacer(
+        redis,
+        prefix=telegram_prefix(settings.bot_token.get_secret_value()),
+        max_rps=settings.telegram_max_rps,
+    )
 
 
 def _shared_gate(redis: Redis, settings: Settings) -> SharedCallGate:
