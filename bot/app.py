@@ -209,12 +209,12 @@ async def build_app(settings: Settings) -> App:
     # Leases last one poll interval: a killed replica's orders and messages are taken
     # over within about 1.3 intervals (renewed every third of it).
     replica = Replica.new(settings.sms_poll_interval)
-    log.info("replica %s", replica.id)
     try:
         await record_currency(db, settings.currency)
     except BaseException:
         await db.close()
         raise
+    log.info("replica %s", replica.id)  # after the checks: a refusal to start is one line
     client = SmsManClient(
         settings.smsman_api_url,
         settings.smsman_token.get_secret_value(),
