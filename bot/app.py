@@ -23,6 +23,7 @@ from redis.asyncio import Redis
 from bot.delivery.pacing import Paced, Pacer
 from bot.delivery.service import Delivery
 from bot.delivery.shared_pacing import SharedPacer, telegram_prefix
+from bot.diagnostics import dump_tasks_on_sigusr1
 from bot.http import HttpServer, webhook_params
 from bot.isolation import RenewedRedisIsolation
 from bot.poller import PROBE_TIMEOUT, Poller
@@ -122,6 +123,7 @@ class App:
         if self.settings.http_port is not None:
             server = HttpServer(self, webhook=False)
             await server.start()
+        dump_tasks_on_sigusr1()
         try:
             await self.dp.start_polling(self.bot, handle_signals=True, close_bot_session=False)
         finally:
@@ -145,6 +147,7 @@ class App:
                 self.exit_reason = f"Telegram refused WEBHOOK_URL: {exc.message}"
                 return
             log.info("webhook set; serving updates")
+            dump_tasks_on_sigusr1()
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
