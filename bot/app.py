@@ -32,6 +32,7 @@ from bot.services.access import Access
 from bot.services.admin import AdminService
 from bot.services.catalogue import CatalogueService
 from bot.services.currency import record_currency
+from bot.services.leases import OrderLeases
 from bot.services.orders import OrderService
 from bot.services.pricing import Pricing
 from bot.services.stars import StarsService
@@ -45,6 +46,7 @@ from handlers import get_routers
 from handlers.middlewares import InFlight, setup_middlewares
 from storage.db import Database
 from storage.fsm import DatabaseFsmStorage
+from storage.leases import Leases, Replica
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +70,7 @@ class App:
     stars: StarsService
     i18n: I18n
     in_flight: InFlight
+    replica: Replica  # this process among the replicas: its leases (storage/leases.py)
     redis: Redis | None = None
     shared_gate: SharedCallGate | None = None
     exit_reason: str | None = None  # why it stopped on its own (exit status 2)
@@ -94,6 +97,10 @@ class App:
         await self.poller.stop()
         await self.admin.stop()
         await self.delivery.stop()
+        try:  # the other replicas (or the next start) take the work over at once
+            await Leases(self.db).leave(self.replica)
+        except Exception as exc:  # they take it over when the leases run out
+            log.warning("could not give the leases back: %s", type(exc).__name__)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
@@ -196,6 +203,10 @@ async def build_app(settings: Settings) -> App:
         default=DefaultBotProperties(parse_mode=ParseMode.HTML),
     )
     db = await Database.open(settings.database_url)
+    # Leases last one poll interval: a killed replica's orders and messages are taken
+    # over within about 1.3 intervals (renewed every third of it).
+    replica = Replica.new(settings.sms_poll_interval)
+    log.info("replica %s", replica.id)
     try:
         await record_currency(db, settings.currency)
     except BaseException:
@@ -217,7 +228,14 @@ async def build_app(settings: Settings) -> App:
     stars = StarsService(settings, db, bot)
     await stars.load()
 
-    delivery = Delivery(bot=bot, db=db, i18n=i18n, country_title=catalogue.title_of, pacer=pacer)
+    delivery = Delivery(
+        bot=bot,
+        db=db,
+        i18n=i18n,
+        country_title=catalogue.title_of,
+        pacer=pacer,
+        replica=replica,
+    )
     admin = AdminService(
         settings=settings,
         db=db,
@@ -235,6 +253,7 @@ async def build_app(settings: Settings) -> App:
         pricing=pricing,
         tell=delivery,
         alerts=admin,
+        replica=replica,
     )
     poller = Poller(
         orders=orders,
@@ -245,6 +264,7 @@ async def build_app(settings: Settings) -> App:
         # for all of them before it counts as lost.
         probe_timeout=max(PROBE_TIMEOUT, 10 * settings.smsman_timeout),
         policy=await _poll_policy(settings, db),
+        leases=OrderLeases(db, replica),
     )
     dp = _dispatcher(redis, db)
     in_flight = InFlight()
@@ -266,6 +286,7 @@ async def build_app(settings: Settings) -> App:
         stars=stars,
         i18n=i18n,
         in_flight=in_flight,
+        replica=replica,
         redis=redis,
         shared_gate=gate,
     )

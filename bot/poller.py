@@ -29,6 +29,13 @@ per step, by the step, under the order's lock.
   when the minutes shown would change; delivery edits it if budget is to spare.
 - Nothing here waits on Telegram: a step's slot and the order's lock cover SMS-Man calls
   and database transitions; what the user must see is queued (bot/delivery).
+- With `leases` (the bot always has them; storage/leases.py), several replicas share the
+  open orders: this one polls only the orders it holds a lease on. Every third of a lease
+  (a third of the interval) one round renews them all in one statement, takes free ones
+  up to a fair share (a dead replica's, after its leases ran out: within about 1.3
+  intervals), forgets those it lost, and gives back what is above its share (it started
+  alone, others came since). An order bought here is held from the start; a user's
+  "another code" taken by another replica is seen here at the next round (want_more).
 """
 
 from __future__ import annotations
@@ -47,6 +54,7 @@ from typing import Any
 
 from bot import metrics
 from bot.schedule import PollPolicy
+from bot.services.leases import OrderLeases
 from bot.services.orders import OrderService, PollOutcome, StepResult
 from bot.smsman.errors import ProviderUnavailable, SmsManError
 from storage.models import Order, OrderStatus
@@ -154,6 +162,7 @@ class _Entry:
     card_minutes: int | None = None  # the minutes the card showed then
     deadline: float = math.inf  # the order's expires_at, once a step has read it
     routine: bool = False  # due for a fixed-rate poll (the policy may reorder those)
+    since: int = 0  # the lease round it was added in
 
 
 class Poller:
@@ -168,8 +177,12 @@ class Poller:
         probe_timeout: float = PROBE_TIMEOUT,
         sweep_every: float = SWEEP_EVERY,
         policy: PollPolicy | None = None,
+        leases: OrderLeases | None = None,
     ) -> None:
         self._orders = orders
+        self._leases = leases
+        self._lease_round = 0
+        self._lease_keeper: asyncio.Task[None] | None = None
         self._sweep_every = sweep_every
         self._policy = policy
         self._ready: dict[int, _Entry] = {}  # due, waiting for the policy's choice
@@ -194,12 +207,16 @@ class Poller:
 
     # -- scheduling ----------------------------------------------------------------------
 
-    def schedule(self, order_id: int, at: float) -> None:
-        """Look at the order at `at` (or earlier if it is due earlier already)."""
+    def schedule(self, order_id: int, at: float, *, new: bool = False) -> None:
+        """Look at the order at `at` (or earlier if it is due earlier already). With
+        leases, an order not held here is left alone unless `new` (bought here: held)."""
         entry = self._entries.get(order_id)
+        if entry is None and self._leases is not None and not new:
+            return  # another replica's (it sees the change at its next round), or nobody's
         new = entry is None
         if entry is None:
             entry = self._entries[order_id] = _Entry(order_id, math.inf)
+            entry.since = self._lease_round
         if entry.running:
             entry.wake_at = min(entry.wake_at, at)
             return
@@ -226,27 +243,43 @@ class Poller:
 
     async def start(self) -> None:
         """Reconcile every open order at once (poll it, reject it if its deadline passed),
-        then run the supervisor. Codes stored but not delivered are delivery's (its start)."""
-        still_open = await self._orders.recover()
-        now = self.clock()
-        for order in still_open:
-            self.schedule(order.id, now)
-            waiting = order.status is OrderStatus.WAITING
-            self._entries[order.id].routine = waiting
-            if waiting and self._policy is not None:  # when it was last polled: unknown
-                self._policy.track(order.id, **_about(order), unseen_since=now)
+        then run the supervisor. Codes stored but not delivered are delivery's (its start).
+        With leases: the orders free to take, up to the fair share."""
+        if self._leases is None:
+            still_open = await self._orders.recover()
+        else:
+            # Purchases left `purchasing` are failed now only if no other replica is alive
+            # (one may be buying them); otherwise the sweep fails the stuck ones.
+            if await self._leases.alone():
+                await self._orders.recover()
+            still_open = (await self._leases.round()).claimed
+        self._adopt(still_open, self.clock())
         if still_open:
             log.info("reconciling %d open orders", len(still_open))
+        if self._leases is not None:
+            self._lease_keeper = asyncio.create_task(self._keep_leases(), name="order leases")
+        now = self.clock()
         self._main = asyncio.create_task(self._supervise(), name="poller")
         self._next_sweep = now + self._sweep_every
         self._sweeper = asyncio.create_task(self._sweep(), name="purchase sweep")
 
+    def _adopt(self, orders: list[Order], now: float) -> None:
+        """Poll these open orders now (at start, or just claimed)."""
+        for order in orders:
+            self.schedule(order.id, now, new=True)
+            waiting = order.status is OrderStatus.WAITING
+            self._entries[order.id].routine = waiting
+            if waiting and self._policy is not None:  # when it was last polled: unknown
+                self._policy.track(order.id, **_about(order), unseen_since=now)
+
     async def stop(self, grace: float = STOP_GRACE) -> None:
-        """Stop taking new steps; let running ones finish for `grace` seconds, then cancel."""
-        sweeper, self._sweeper = self._sweeper, None
-        if sweeper is not None:
-            sweeper.cancel()
-            await asyncio.wait({sweeper}, timeout=grace)
+        """Stop taking new steps; let running ones finish for `grace` seconds, then cancel.
+        The leases are kept (the app gives them up once delivery stopped too)."""
+        for task in (self._lease_keeper, self._sweeper):
+            if task is not None:
+                task.cancel()
+                await asyncio.wait({task}, timeout=grace)
+        self._lease_keeper = self._sweeper = None
         main, self._main = self._main, None
         if main is not None:
             main.cancel()
@@ -292,6 +325,54 @@ class Poller:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
                     await self._sweep_wake.wait()
+
+    # -- leases --------------------------------------------------------------------------
+
+    async def _keep_leases(self) -> None:
+        assert self._leases is not None
+        while True:
+            await asyncio.sleep(self._leases.renew_every)
+            try:
+                await self._renew()
+            except Exception:  # a round that failed (a deadlock, the database away): next
+                log.warning("renewing the order leases failed; trying again", exc_info=True)
+
+    async def _renew(self) -> None:
+        assert self._leases is not None
+        self._lease_round += 1
+        started = self._lease_round
+        result = await self._leases.round()
+        now = self.clock()
+        for order_id, entry in list(self._entries.items()):
+            if order_id in result.held:
+                if result.held[order_id] and not entry.running and entry.due > now + self._interval:
+                    entry.routine = False  # "another code" asked on another replica
+                    self._push(entry, now)
+            elif not entry.running and entry.since < started:
+                self._drop(order_id)  # lost (its lease ran out and another took it), or ended
+        for order_id in result.held.keys() - self._entries.keys():
+            self.schedule(order_id, now, new=True)  # held but not known here (a release failed)
+        self._adopt(result.claimed, now)
+        held = len(result.held) + len(result.claimed)
+        if held > result.share + max(2, result.share // 10):  # some slack: no ping-pong
+            await self._give_back(held - result.share)
+
+    async def _give_back(self, count: int) -> None:
+        """Release `count` orders not being polled right now, those due last, so another
+        replica under its share takes them at its next round."""
+        assert self._leases is not None
+        idle = sorted((e for e in self._entries.values() if not e.running), key=lambda e: -e.due)
+        chosen = [entry.order_id for entry in idle[:count]]
+        for order_id in chosen:
+            self._drop(order_id)  # forgotten here before the lease is free: never two pollers
+        await self._leases.release(chosen)
+        log.info("gave %d orders back for other replicas to poll", len(chosen))
+
+    def _drop(self, order_id: int) -> None:
+        self._entries.pop(order_id, None)
+        self._ready.pop(order_id, None)
+        if self._policy is not None:
+            self._policy.forget(order_id)
 
     async def _next_due(self) -> tuple[_Entry, bool]:
         """Wait until an entry is due and the breaker lets it through: the earliest due,

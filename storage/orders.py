@@ -148,7 +148,7 @@ _KEY_AND_LIMITS = text(
 )
 _MARK_WAITING_SETS = (
     ", request_id = :request_id, number = :number, expires_at = :expires_at,"
-    " next_poll_at = :next_poll_at"
+    " next_poll_at = :next_poll_at, lease_owner = :lease_owner, lease_until = :lease_until"
 )
 _REQUEST_MORE = text(
     "UPDATE orders SET want_more = 1, next_poll_at = COALESCE(:next_poll_at, next_poll_at),"
@@ -304,9 +304,12 @@ class Orders:
         expires_at: float,
         next_poll_at: float,
         now: float | None = None,
+        lease: tuple[str, float] | None = None,
     ) -> bool:
         """purchasing -> waiting, with the bought number. A request_id already used by
-        another order raises sqlalchemy.exc.IntegrityError (and changes nothing)."""
+        another order raises sqlalchemy.exc.IntegrityError (and changes nothing).
+        `lease`: (replica id, until): the replica that bought it polls it (storage/leases.py)."""
+        lease_owner, lease_until = lease if lease is not None else (None, None)
         ts = time.time() if now is None else now
 
         async def tx(conn: AsyncConnection) -> bool:
@@ -321,6 +324,8 @@ class Orders:
                 number=number,
                 expires_at=expires_at,
                 next_poll_at=next_poll_at,
+                lease_owner=lease_owner,
+                lease_until=lease_until,
             )
             return moved is not None
 

@@ -22,19 +22,27 @@ from storage import rows, sql
 if TYPE_CHECKING:
     from storage.db import Database
 
-_COLUMNS = "id, chat_id, priority, kind, ref, payload, dedupe, version, created_at"
+COLUMNS = "id, chat_id, priority, kind, ref, payload, dedupe, version, created_at, lease_owner"
+_COLUMNS = COLUMNS
+# A row is leased to whoever queued it (storage/leases.py). Queued again while another
+# replica's lease on it is live, it stays theirs: they send its newest state.
+_FREE = "(outbox.lease_until IS NULL OR outbox.lease_until < :now)"
 _ENQUEUE = text(
-    "INSERT INTO outbox (chat_id, priority, kind, ref, payload, dedupe, created_at)"
-    " VALUES (:chat_id, :priority, :kind, :ref, :payload, :dedupe, :now)"
+    "INSERT INTO outbox (chat_id, priority, kind, ref, payload, dedupe, created_at,"
+    " lease_owner, lease_until)"
+    " VALUES (:chat_id, :priority, :kind, :ref, :payload, :dedupe, :now, :owner, :until)"
     " ON CONFLICT (dedupe) DO UPDATE SET version = outbox.version + 1,"
     " priority = CASE WHEN excluded.priority < outbox.priority"
     " THEN excluded.priority ELSE outbox.priority END,"
-    " payload = CASE WHEN excluded.payload = '{}' THEN outbox.payload ELSE excluded.payload END"
+    " payload = CASE WHEN excluded.payload = '{}' THEN outbox.payload ELSE excluded.payload END,"
+    f" lease_owner = CASE WHEN {_FREE} THEN excluded.lease_owner ELSE outbox.lease_owner END,"
+    f" lease_until = CASE WHEN {_FREE} THEN excluded.lease_until ELSE outbox.lease_until END"
     f" RETURNING {_COLUMNS}"
 )
 _ENQUEUE_PLAIN = text(
-    "INSERT INTO outbox (chat_id, priority, kind, ref, payload, created_at)"
-    f" VALUES (:chat_id, :priority, :kind, :ref, :payload, :now) RETURNING {_COLUMNS}"
+    "INSERT INTO outbox (chat_id, priority, kind, ref, payload, created_at, lease_owner,"
+    " lease_until) VALUES (:chat_id, :priority, :kind, :ref, :payload, :now, :owner, :until)"
+    f" RETURNING {_COLUMNS}"
 )
 _GET = text(f"SELECT {_COLUMNS} FROM outbox WHERE id = :id")
 _ALL = text(f"SELECT {_COLUMNS} FROM outbox ORDER BY priority, id")
@@ -69,9 +77,10 @@ class OutboxRow:
     dedupe: str | None
     version: int
     created_at: float
+    lease_owner: str | None = None  # the replica sending it (storage/leases.py)
 
 
-def _row(row: Any) -> OutboxRow:
+def row_of(row: Any) -> OutboxRow:
     return OutboxRow(
         id=int(row[0]),
         chat_id=int(row[1]),
@@ -82,7 +91,11 @@ def _row(row: Any) -> OutboxRow:
         dedupe=row[6],
         version=int(row[7]),
         created_at=float(row[8]),
+        lease_owner=row[9],
     )
+
+
+_row = row_of
 
 
 class Outbox:
@@ -99,9 +112,13 @@ class Outbox:
         payload: dict[str, Any] | None = None,
         dedupe: str | None = None,
         now: float | None = None,
+        lease: tuple[str, float] | None = None,
     ) -> OutboxRow:
         """Add a push (or, with a `dedupe` key already queued, bump that row: the newest
-        state wins, the higher priority of the two stays)."""
+        state wins, the higher priority of the two stays). `lease`: (replica id, until),
+        the row is leased to that replica unless another one's lease on it is live (the
+        row's `lease_owner` says who has it)."""
+        owner, until = lease if lease is not None else (None, None)
         params = {
             "chat_id": chat_id,
             "priority": priority,
@@ -110,6 +127,8 @@ class Outbox:
             "payload": json.dumps(payload or {}, sort_keys=True),
             "dedupe": dedupe,
             "now": time.time() if now is None else now,
+            "owner": owner,
+            "until": until,
         }
         stmt = _ENQUEUE if dedupe is not None else _ENQUEUE_PLAIN
 

@@ -20,6 +20,14 @@ cannot bunch calls up. So:
 Cards are rendered at push time from the database, so a queued refresh always shows the
 latest state; a newer refresh of a card bumps its row (see storage/outbox.py), and a
 countdown is kept in memory only, sent when nothing else is ready.
+
+With a `replica` (the bot always has one), several replicas share the queue by leases
+(storage/leases.py): a row is leased to the replica that queued it, and only the holder
+pushes it. Every third of a lease one round renews them all (one statement) and takes
+free rows, most urgent first, while fewer than CLAIM_BATCH are owed here: rows queued
+without a lease (codes found at start, broadcasts) and those of a replica that died
+(within about 1.3 poll intervals). A replica killed between Telegram taking a push and
+the row's delete repeats that one push, as after a crash of a single process.
 """
 
 from __future__ import annotations
@@ -48,6 +56,7 @@ from bot.locale import pick_locale
 from bot.notify import Notifier, Outcome, Result
 from storage.broadcasts import Broadcast
 from storage.db import Database
+from storage.leases import Leases, Replica
 from storage.models import Code, Order, OrderStatus
 from storage.outbox import OutboxRow
 
@@ -59,12 +68,14 @@ CALL_TIMEOUT = 30.0  # seconds one push may take before it is tried again
 MAX_BACKOFF = 30.0
 PROGRESS_EVERY = 2.0  # seconds between two edits of a broadcast's progress
 IDLE_CHECK = 0.05  # seconds between looks while everything owed waits for its chat
+CLAIM_BATCH = 200  # rows owed here below which a lease round takes free ones (~8 s of pushes)
 
 
 class _Settled(Enum):
     DONE = "done"  # gone from the queue
     AGAIN = "again"  # a newer state came meanwhile: push it again at once
     RETRY = "retry"  # Telegram did not take it: back off
+    LOST = "lost"  # another replica holds the row now: not ours to push
 
 
 @dataclass(slots=True)
@@ -75,6 +86,7 @@ class _Item:
     kind: str  # code, card, notice, broadcast; in memory: countdown, progress
     ref: int | None
     attempts: int = 0
+    since: int = 0  # the lease round it was added in
 
 
 class Delivery:
@@ -90,8 +102,15 @@ class Delivery:
         max_in_flight: int = MAX_IN_FLIGHT,
         call_timeout: float = CALL_TIMEOUT,
         progress_every: float = PROGRESS_EVERY,
+        replica: Replica | None = None,
+        claim_batch: int = CLAIM_BATCH,
     ) -> None:
         self._db = db
+        self._replica = replica
+        self._leases = Leases(db)
+        self._claim_batch = claim_batch
+        self._lease_round = 0
+        self._lease_keeper: asyncio.Task[None] | None = None
         self._pacer = pacer
         self.clock = clock  # tests may swap it (the countdown)
         self._render = Renderer(i18n, country_title, lambda: self.clock())
@@ -134,6 +153,7 @@ class Delivery:
             ref=code.id,
             payload={"order": order.id},
             dedupe=f"code:{code.id}",
+            lease=self._lease(),
         )
         self._add_row(row)
 
@@ -144,8 +164,10 @@ class Delivery:
             kind="card",
             ref=order.id,
             dedupe=f"card:{order.id}",
+            lease=self._lease(),
         )
-        self._add_row(row)
+        if not self._add_row(row):
+            return  # another replica holds the card's refresh: it renders the newest state
         self._cards[order.id] = row.id
         stale = self._countdowns.pop(order.id, None)
         if stale is not None:
@@ -159,15 +181,17 @@ class Delivery:
 
     async def notice(self, chat_id: int, name: str, **args: Any) -> None:
         row = await self._db.outbox.enqueue(
-            chat_id=chat_id, priority=Priority.CARD, kind="notice", payload={"name": name, **args}
+            chat_id=chat_id,
+            priority=Priority.CARD,
+            kind="notice",
+            payload={"name": name, **args},
+            lease=self._lease(),
         )
         self._add_row(row)
 
     async def undelivered_codes(self, user_id: int) -> None:
         if await self._db.outbox.enqueue_undelivered_codes(Priority.CODE, user_id=user_id):
-            for row in await self._db.outbox.pending():
-                if row.id not in self._items:
-                    self._add_row(row)
+            await self._load()
 
     # -- answers to a user's own click (handlers) ----------------------------------------
 
@@ -192,8 +216,11 @@ class Delivery:
         started = await self._db.broadcasts.start(admin_chat_id, text, priority=Priority.BROADCAST)
         await self._db.broadcasts.set_progress_message(started.id, progress_message_id)
         self._broadcast_texts[started.id] = text
-        for row in await self._db.outbox.of_broadcast(started.id):
-            self._add_row(row)
+        if self._replica is None:
+            for row in await self._db.outbox.of_broadcast(started.id):
+                self._add_row(row)
+        else:  # a batch now, the rest as this or another replica has room (lease rounds)
+            await self._renew()
         log.info("broadcast %s: %d recipients", started.id, started.total)
         self._dirty.add(started.id)
         return started
@@ -213,8 +240,7 @@ class Delivery:
     async def start(self) -> None:
         """Queue codes stored but never queued (a crash in between), load what is owed."""
         await self._db.outbox.enqueue_undelivered_codes(Priority.CODE)
-        for row in await self._db.outbox.pending():
-            self._add_row(row)
+        await self._load()
         for bc in await self._db.broadcasts.running():
             self._broadcast_texts[bc.id] = bc.text
             self._dirty.add(bc.id)
@@ -222,14 +248,17 @@ class Delivery:
             log.info("delivery: %d pushes owed from before", len(self._items))
         self._main = asyncio.create_task(self._run(), name="delivery")
         self._ticker = asyncio.create_task(self._tick(), name="delivery progress")
+        if self._replica is not None:
+            self._lease_keeper = asyncio.create_task(self._keep_leases(), name="outbox leases")
 
     async def stop(self, grace: float = 5.0) -> None:
-        for task in (self._ticker, self._main):
+        """Stop pushing (the leases are kept: the app gives them up at the end)."""
+        for task in (self._lease_keeper, self._ticker, self._main):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        self._main = self._ticker = None
+        self._main = self._ticker = self._lease_keeper = None
         if self._tasks:
             _done, pending = await asyncio.wait(set(self._tasks), timeout=grace)
             for task in pending:
@@ -249,23 +278,70 @@ class Delivery:
         """Pushes not yet taken by Telegram (tests, bench)."""
         return len(self._items)
 
+    # -- leases --------------------------------------------------------------------------
+
+    def _lease(self) -> tuple[str, float] | None:
+        return self._replica.lease() if self._replica is not None else None
+
+    async def _load(self) -> None:
+        """What is owed and free to push here: every row (alone), or free ones (leases)."""
+        if self._replica is not None:
+            await self._renew()
+            return
+        for row in await self._db.outbox.pending():
+            if row.id not in self._items:
+                self._add_row(row)
+
+    async def _keep_leases(self) -> None:
+        assert self._replica is not None
+        while True:
+            await asyncio.sleep(self._replica.renew_every)
+            try:
+                await self._renew()
+            except Exception:  # the next round tries again; leases outlast two rounds
+                log.warning("renewing the outbox leases failed; trying again", exc_info=True)
+
+    async def _renew(self) -> None:
+        """One lease round: renew what is held, forget what was lost, take free rows."""
+        assert self._replica is not None
+        self._lease_round += 1
+        started = self._lease_round
+        owed = sum(1 for item_id in self._items if item_id > 0)
+        held, claimed = await self._leases.outbox_round(
+            self._replica, claim=self._claim_batch - owed
+        )
+        for item in [i for i in self._items.values() if i.id > 0 and i.id not in held]:
+            if item.since < started and item.chat_id not in self._busy:
+                self._forget(item.id)  # its lease ran out and another replica took it
+        for row in claimed:
+            self._add_row(row)
+        for row_id in held - self._items.keys():  # held, but not known here (rare)
+            found = await self._db.outbox.get(row_id)
+            if found is not None:
+                self._add_row(found)
+
     # -- the index -----------------------------------------------------------------------
 
-    def _add_row(self, row: OutboxRow) -> None:
+    def _add_row(self, row: OutboxRow) -> bool:
+        """Index the row to push; False if another replica holds it (theirs to push)."""
+        if self._replica is not None and row.lease_owner != self._replica.id:
+            return False
         known = self._items.get(row.id)
         if known is not None:
             if row.priority >= known.priority:
-                return
+                return True
             known.priority = row.priority  # raised: a new heap entry; the old one goes stale
             item = known
         else:
             item = _Item(row.id, row.chat_id, row.priority, row.kind, row.ref)
+            item.since = self._lease_round
             self._items[row.id] = item
             if row.kind == "broadcast" and row.ref is not None:
                 self._broadcast_left[row.ref] += 1
             elif row.kind == "card" and row.ref is not None:
                 self._cards[row.ref] = row.id
         self._index(item)
+        return True
 
     def _ephemeral(self, chat_id: int, priority: int, kind: str, ref: int) -> _Item:
         item = _Item(self._next_ephemeral, chat_id, priority, kind, ref)
@@ -391,6 +467,8 @@ class Delivery:
             self._backoff.pop(item.chat_id, None)
             self.sent[item.kind] += 1
             self._forget(item.id)
+        elif settled is _Settled.LOST:
+            self._forget(item.id)
         elif settled is _Settled.RETRY:
             item.attempts += 1
             if retry_after is not None:
@@ -430,6 +508,8 @@ class Delivery:
             row = await self._db.outbox.get(item.id)
             if row is None:
                 return _Settled.DONE, None  # cancelled, or done by someone else
+            if self._replica is not None and row.lease_owner != self._replica.id:
+                return _Settled.LOST, None
         if item.kind == "code":
             assert row is not None
             return await self._push_code(row)

@@ -39,6 +39,7 @@ from storage.errors import (
     TooManyRecentOrders,
     UserBanned,
 )
+from storage.leases import Replica
 from storage.models import Code, Order, OrderStatus
 
 log = logging.getLogger(__name__)
@@ -136,6 +137,7 @@ class OrderService:
         tell: Tell,
         alerts: Alerts | None = None,
         clock: Clock = time.time,
+        replica: Replica | None = None,
     ) -> None:
         self._settings = settings
         self._db = db
@@ -147,7 +149,10 @@ class OrderService:
         self._buying: set[int] = set()  # orders whose get-number this process is making
         self.clock = clock  # tests may swap it (the countdown)
         self._locks: weakref.WeakValueDictionary[int, asyncio.Lock] = weakref.WeakValueDictionary()
-        self.on_scheduled: Callable[[int, float], None] | None = None  # set by the poller
+        # Set by the poller: (order id, when, new): `new` for an order this replica just
+        # bought (it holds its lease from the start: `replica`).
+        self.on_scheduled: Callable[..., None] | None = None
+        self._replica = replica
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -157,9 +162,9 @@ class OrderService:
         async with _lock_for(self._locks, order_id):
             yield
 
-    def _schedule(self, order_id: int, at: float) -> None:
+    def _schedule(self, order_id: int, at: float, *, new: bool = False) -> None:
         if self.on_scheduled is not None:
-            self.on_scheduled(order_id, at)
+            self.on_scheduled(order_id, at, new=new)
 
     # -- buying --------------------------------------------------------------------------
 
@@ -280,6 +285,7 @@ class OrderService:
                 number=number.number,
                 expires_at=expires_at,
                 next_poll_at=next_poll,
+                lease=self._replica.lease() if self._replica is not None else None,
             )
         except Exception:
             # The number is bought but not recorded: give it back at SMS-Man, and fail the
@@ -305,7 +311,7 @@ class OrderService:
             order.user_id,
             number.request_id,
         )
-        self._schedule(order.id, next_poll)
+        self._schedule(order.id, next_poll, new=True)
         fresh = await self._db.orders.get(order.id)
         return BuyResult(BuyOutcome.BOUGHT, fresh)
 
