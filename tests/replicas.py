@@ -20,8 +20,10 @@ its own; `forget_redis_keys` deletes them afterwards.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import hashlib
 import secrets
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -44,6 +46,7 @@ class Replica(BotProcess):
         super().__init__(**kwargs)
         self.index = index
         self.port = port
+        self.up = False  # ready and not killed since: the load balancer posts to it
 
     @property
     def url(self) -> str:
@@ -105,25 +108,33 @@ class Cluster:
 
     def _route(self) -> None:
         """The load balancer's view: replicas that run (a health check would say so)."""
-        self.telegram.route_webhook(r.url for r in self.replicas if r.running)
+        self.telegram.route_webhook(r.url for r in self.up)
+
+    @property
+    def up(self) -> list[Replica]:
+        return [r for r in self.replicas if r.up and r.running]
 
     async def start(self, timeout: float = 90.0) -> None:
         """Start every replica at once (as `docker compose up` does) and route to them."""
         await asyncio.gather(*(r.start(timeout) for r in self.replicas if not r.running))
+        for replica in self.replicas:
+            replica.up = True
         self._route()
 
     async def kill(self, index: int) -> None:
         """SIGKILL one replica. Posts already on their way to it fail and are posted again
         to another, as Telegram does; new ones no longer go to it."""
         replica = self.replicas[index]
+        replica.up = False
         await replica.kill()
         # Stamped once the process is dead: a send that reached Telegram while the
         # SIGKILL was on its way still belongs to the run it interrupted.
-        self.kills.append((asyncio.get_running_loop().time(), index))
+        self.kills.append((time.monotonic(), index))
         self._route()
 
     async def revive(self, index: int, timeout: float = 90.0) -> None:
         await self.replicas[index].start(timeout)
+        self.replicas[index].up = True
         self._route()
 
     async def stop(self) -> list[int | None]:
@@ -164,3 +175,63 @@ async def forget_redis_keys(redis_url: str, tokens: Iterable[str]) -> int:
     finally:
         await client.aclose()
     return deleted
+
+
+class StallWatch:
+    """When this process's event loop (the one the fakes stamp their calls on) woke late.
+
+    A fake stamps a request when its handler runs; while this loop is stalled (a long
+    step, or no CPU on a loaded machine) requests wait in the kernel and are all stamped
+    when it wakes, so a one-second window after a stall can count more than a second's
+    worth. `busiest_second` judges only windows in which no stall longer than `threshold`
+    ended, and says how many windows it left out."""
+
+    def __init__(self, threshold: float = 0.05, interval: float = 0.01) -> None:
+        self.threshold = threshold
+        self.interval = interval
+        self.stall_ends: list[float] = []  # time.monotonic() when a late wake-up came
+        self.lags: list[float] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        while True:
+            before = time.monotonic()
+            await asyncio.sleep(self.interval)
+            now = time.monotonic()
+            lag = now - before - self.interval
+            self.lags.append(lag)
+            if lag > self.threshold:
+                self.stall_ends.append(now)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+    def busiest_second(self, stamps: Iterable[float]) -> tuple[int, int]:
+        """(most stamps in any one-second window in which no stall ended, most in any
+        window at all)."""
+        times = sorted(stamps)
+        judged = raw = start = 0
+        for end, at in enumerate(times):
+            while at - times[start] >= 1.0:
+                start += 1
+            count = end - start + 1
+            raw = max(raw, count)
+            first = bisect.bisect_left(self.stall_ends, times[start])
+            if first == len(self.stall_ends) or self.stall_ends[first] > at:
+                judged = max(judged, count)
+        return judged, raw
+
+    def summary(self) -> str:
+        if not self.lags:
+            return "not sampled"
+        ordered = sorted(self.lags)
+        p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+        return (
+            f"p99 {p99 * 1000:.0f} ms, max {ordered[-1] * 1000:.0f} ms,"
+            f" {len(self.stall_ends)} stalls > {self.threshold * 1000:.0f} ms"
+        )
