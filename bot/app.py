@@ -23,6 +23,7 @@ from redis.asyncio import Redis
 
 from bot.delivery.pacing import Paced, Pacer
 from bot.delivery.service import Delivery
+from bot.delivery.shared_pacing import SharedPacer, telegram_prefix
 from bot.http import HttpServer, webhook_params
 from bot.poller import PROBE_TIMEOUT, Poller
 from bot.polling import PollConflict
@@ -188,14 +189,14 @@ async def build_app(settings: Settings) -> App:
     keep_response_models()
     i18n = make_i18n()
     session = AiohttpSession(api=TelegramAPIServer.from_base(settings.telegram_api_url))
+    redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
     # Every counted call (handlers' answers too) takes from one overall budget; a 429
-    # pauses them all (bot/delivery/pacing.py).
-    pacer = Pacer(settings.telegram_max_rps)
+    # pauses them all (bot/delivery/pacing.py); with Redis, over every replica.
+    pacer = _pacer(redis, settings)
     session.middleware(Paced(pacer))
     conflict = PollConflict(lambda reason: app.on_poll_conflict(reason))
     if not settings.webhook_mode:
         session.middleware(conflict)
-    redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
     gate = _shared_gate(redis, settings) if redis is not None else None
     bot = Bot(
         token=settings.bot_token.get_secret_value(),
@@ -319,6 +320,16 @@ def _dispatcher(redis: Redis | None, db: Database) -> Dispatcher:
         redis_storage = RedisStorage(redis, key_builder=DefaultKeyBuilder(with_bot_id=True))
         storage, isolation = redis_storage, redis_storage.create_isolation()
     return Dispatcher(storage=storage, events_isolation=isolation)
+
+
+def _pacer(redis: Redis | None, settings: Settings) -> Pacer:
+    if redis is None:
+        return Pacer(settings.telegram_max_rps)
+    return SharedPacer(
+        redis,
+        prefix=telegram_prefix(settings.bot_token.get_secret_value()),
+        max_rps=settings.telegram_max_rps,
+    )
 
 
 def _shared_gate(redis: Redis, settings: Settings) -> SharedCallGate:

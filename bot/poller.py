@@ -358,11 +358,19 @@ class Poller:
             await self._give_back(held - result.share)
 
     async def _give_back(self, count: int) -> None:
-        """Release `count` orders not being polled right now, those due last, so another
-        replica under its share takes them at its next round."""
+        """Release up to `count` orders not being polled right now, so another replica
+        under its share takes them at its next round (and polls them at once). Only those
+        due within half an interval, soonest first: polled here at least half an interval
+        before the other replica polls them, never twice in one round."""
         assert self._leases is not None
-        idle = sorted((e for e in self._entries.values() if not e.running), key=lambda e: -e.due)
+        soon = self.clock() + self._interval / 2
+        idle = sorted(
+            (e for e in self._entries.values() if not e.running and e.due <= soon),
+            key=lambda e: e.due,
+        )
         chosen = [entry.order_id for entry in idle[:count]]
+        if not chosen:
+            return
         for order_id in chosen:
             self._drop(order_id)  # forgotten here before the lease is free: never two pollers
         await self._leases.release(chosen)

@@ -8,6 +8,8 @@
   letting only a few chosen pushes wait for it at a time.
 - Per chat (pushes only): one bucket of capacity 1 draining one a second per chat.
 - A 429 pauses everything counted for its retry_after.
+
+With REDIS_URL, both budgets are shared by every replica (bot/delivery/shared_pacing.py).
 """
 
 from __future__ import annotations
@@ -101,15 +103,18 @@ class Pacer:
         limiter = self._chats.get(chat_id)
         return limiter is None or limiter.has_capacity()
 
-    async def take_chat(self, chat_id: int) -> None:
+    async def take_chat(self, chat_id: int) -> float:
         """Count a push to the chat. Call only right after chat_ready said yes: acquire then
-        returns without yielding, so two picks can never take the same chat's second."""
+        returns without yielding, so two picks can never take the same chat's second.
+        Returns 0, or (shared budget) the seconds until another replica's push to the chat
+        leaves it free: then nothing was taken."""
         limiter = self._chats.get(chat_id)
         if limiter is None:
             if len(self._chats) > 10_000:  # forget chats whose bucket has drained
                 self._chats = {c: lim for c, lim in self._chats.items() if not lim.has_capacity()}
             limiter = self._chats[chat_id] = AsyncLimiter(1, self._per_chat_every)
         await limiter.acquire()
+        return 0.0
 
 
 class Paced(BaseRequestMiddleware):

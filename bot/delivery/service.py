@@ -420,11 +420,17 @@ class Delivery:
                 try:
                     item = await self._next()
                     self._busy.add(item.chat_id)
+                    wait = 0.0
                     if item.priority != Priority.ANSWER:
-                        await self._pacer.take_chat(item.chat_id)
+                        wait = await self._pacer.take_chat(item.chat_id)
                 except BaseException:
                     self._slots.release()
                     raise
+                if wait > 0:  # another replica pushed to the chat within its second
+                    self._busy.discard(item.chat_id)
+                    self._backoff[item.chat_id] = time.monotonic() + wait
+                    self._slots.release()
+                    continue
                 push = Push(lambda: None)
                 push.on_budget = functools.partial(self._past_budget, push)
                 self._to_wire.add(push)
