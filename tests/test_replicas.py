@@ -19,6 +19,7 @@ them, failed instead with REQUIRE_POSTGRES=1 / REQUIRE_REDIS=1. About 2.5 minute
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import os
 import random
@@ -344,8 +345,12 @@ async def _check(db: Database, run: Run, wall: float) -> Figures:
     telegram_peak, telegram_raw = run.stalls.busiest_second(telegram.counted)
     if telegram_peak > TELEGRAM_MAX_RPS:
         out.problems.append(f"Telegram busiest second {telegram_peak} > {TELEGRAM_MAX_RPS}")
+    overall_429s = _overall_429s(telegram)
+    chat_429s = len(telegram.rate_limited) - overall_429s
     if telegram.rate_limited:
-        out.problems.append(f"{len(telegram.rate_limited)} answers of 429 from Telegram")
+        out.problems.append(
+            f"429 from Telegram: {overall_429s} over the bot's limit, {chat_429s} over a chat's"
+        )
 
     posts = telegram.webhook_posts
     webhook_failed = Counter(post.error.split(":")[0] for post in posts if not post.ok)
@@ -363,7 +368,8 @@ async def _check(db: Database, run: Run, wall: float) -> Figures:
         f" {smsman_raw}; SMSMAN_MAX_RPS={SMSMAN_MAX_RPS}, +10% = {SMSMAN_MAX_RPS * 1.1:g})"
         f" calls={dict(smsman_calls)}",
         f"replicas: Telegram busiest second={telegram_peak} (with the fakes' stalls:"
-        f" {telegram_raw}; TELEGRAM_MAX_RPS={TELEGRAM_MAX_RPS}) 429s={len(telegram.rate_limited)}"
+        f" {telegram_raw}; TELEGRAM_MAX_RPS={TELEGRAM_MAX_RPS}) 429s: {overall_429s} overall,"
+        f" {chat_429s} per chat"
         f" webhook posts={len(posts)} (failed, posted again: {dict(webhook_failed)})",
         f"replicas: the fakes' event loop: {run.stalls.summary()}; load average"
         f" {' '.join(f'{x:.1f}' for x in os.getloadavg())}",
@@ -375,3 +381,16 @@ async def _check(db: Database, run: Run, wall: float) -> Figures:
         print(line)
     RUN_FIGURES.extend(out.lines)
     return out
+
+
+def _overall_429s(telegram: FakeTelegram) -> int:
+    """429s the fake answered for its overall limit (the calls it accepted in the second
+    before filled it); the others were for a chat's limit."""
+    stamps = sorted(telegram.counted)
+    refused = [c.time for c in telegram.calls if c.status == 429 and not c.injected]
+    return sum(
+        1
+        for at in refused
+        if bisect.bisect_left(stamps, at) - bisect.bisect_right(stamps, at - 1.0)
+        >= telegram.max_per_second
+    )
