@@ -59,11 +59,13 @@ class Run:
     replicas: int
     interval: float
     delays: list[float]
+    found: list[float]  # of each delay: code available -> the get-sms that found it
     undelivered: int
     twice: int
     rate: float  # get-sms per second over the measuring cycles
     busiest: int  # most get-sms in any one-second window, over the whole run
     cpu_s: float  # the replicas' CPU seconds, start to end
+    bench_cpu_s: float  # this process's (the fakes', the measuring) over the same time
     seconds: float
     load: tuple[float, float, float]
     loop_lag: str
@@ -90,10 +92,13 @@ class Run:
         return (
             f"N={self.n:>5} R={self.replicas}  p50={percentile(self.delays, 50):5.2f}s"
             f"  p99={self.p99:5.2f}s  max={max(self.delays, default=float('nan')):5.2f}s"
+            f" (of which polling: p50={percentile(self.found, 50):5.2f}s"
+            f" p99={percentile(self.found, 99):5.2f}s)"
             f"  undelivered={self.undelivered} twice={self.twice}"
             f"  get-sms={self.rate:6.1f}/s (ideal {self.ideal:.1f},"
             f" {100 * (self.rate / self.ideal - 1):+5.1f}%)  busiest 1s={self.busiest:>4}"
-            f"  CPU={self.cpu_s:5.1f}s in {self.seconds:4.0f}s"
+            f"  CPU: replicas {self.cpu_s:5.1f}s, fakes {self.bench_cpu_s:5.1f}s,"
+            f" in {self.seconds:4.0f}s"
             f"  load {self.load[0]:.1f} {self.load[1]:.1f} {self.load[2]:.1f}"
             f"  {'OK' if not self.misses() else 'MISSED: ' + '; '.join(self.misses())}"
         )
@@ -168,7 +173,7 @@ async def run(n: int, replicas: int, args: argparse.Namespace) -> Run:
                     admin_ids=[],
                     allowed_user_ids=[],
                 )
-                started = time.monotonic()
+                started, cpu_before = time.monotonic(), time.process_time()
                 lag.start()
                 try:
                     await cluster.start(timeout=120)
@@ -192,6 +197,7 @@ async def run(n: int, replicas: int, args: argparse.Namespace) -> Run:
                         await asyncio.sleep(0.5)
                     await asyncio.sleep(1.0)  # a repeat would come now
                     cpu = sum(r.cpu_seconds() for r in cluster.replicas)
+                    bench_cpu = time.process_time() - cpu_before
                     seconds = time.monotonic() - started
                 finally:
                     lag.stop()
@@ -205,17 +211,25 @@ async def run(n: int, replicas: int, args: argparse.Namespace) -> Run:
         await telegram.stop()
     sent = code_sends(telegram)
     get_sms = [call.time for call in smsman.calls_to("get-sms")]
+    available = {request_id: codes[code] for request_id, code in zip(requests, codes, strict=True)}
+    found: dict[int, float] = {}
+    for call in smsman.calls_to("get-sms"):  # the first poll after the code came found it
+        request_id = int(call.params["request_id"])
+        if call.time >= available.get(request_id, float("inf")):
+            found.setdefault(request_id, call.time - available[request_id])
     in_window = sum(1 for t in get_sms if window[0] <= t < window[1])
     return Run(
         n=n,
         replicas=replicas,
         interval=interval,
         delays=[times[0] - codes[code] for code, times in sent.items() if code in codes],
+        found=list(found.values()),
         undelivered=sum(1 for code in codes if code not in sent),
         twice=sum(1 for times in sent.values() if len(times) > 1),
         rate=in_window / (window[1] - window[0]),
         busiest=busiest_second(get_sms),
         cpu_s=cpu,
+        bench_cpu_s=bench_cpu,
         seconds=seconds,
         load=os.getloadavg(),
         loop_lag=lag.summary(),
