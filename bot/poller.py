@@ -330,12 +330,16 @@ class Poller:
 
     async def _keep_leases(self) -> None:
         assert self._leases is not None
+        warned = -math.inf
         while True:
             await asyncio.sleep(self._leases.renew_every)
             try:
                 await self._renew()
             except Exception:  # a round that failed (a deadlock, the database away): next
-                log.warning("renewing the order leases failed; trying again", exc_info=True)
+                now = time.monotonic()
+                if now - warned >= 60.0:  # once a minute while the database is away
+                    warned = now
+                    log.warning("renewing the order leases failed; trying again", exc_info=True)
 
     async def _renew(self) -> None:
         assert self._leases is not None

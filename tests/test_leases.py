@@ -30,7 +30,7 @@ INTERVAL = 0.6
 _keys = itertools.count(1)
 
 
-async def waiting_orders(db: Database, count: int) -> list[int]:
+async def waiting_orders(db: Database, count: int, *, multiple_sms: bool = False) -> list[int]:
     """`count` waiting orders nobody holds (bought by a replica that is gone)."""
     ids = []
     for n in range(count):
@@ -45,7 +45,7 @@ async def waiting_orders(db: Database, count: int) -> list[int]:
             cost=60,
             currency="RUB",
             idempotency_key=f"lease-{next(_keys)}",
-            multiple_sms=False,
+            multiple_sms=multiple_sms,
             hold=False,
             max_active=10_000,
         )
@@ -83,7 +83,10 @@ class StubOrders:
         self._polls.append((self._name, order_id, time.monotonic()))
         order = await self._db.orders.get(order_id)
         await asyncio.sleep(0.01)  # get-sms
-        return StepResult(PollOutcome.WAITING, order, answered=True)
+        waiting = order is not None and order.status is OrderStatus.WAITING
+        return StepResult(
+            PollOutcome.WAITING if waiting else PollOutcome.IDLE, order, answered=True
+        )
 
 
 @asynccontextmanager
@@ -177,6 +180,26 @@ async def test_a_killed_pollers_orders_are_taken_over_within_two_intervals(
     b_before = {o for n, o, at in polls if n == "B" and killed - INTERVAL <= at <= killed}
     assert not a_orders & b_before, "B did not poll A's orders while A held them"
     assert double_polls(polls) == []
+
+
+async def test_another_code_asked_on_another_replica_is_polled_by_the_holder(
+    database_url: str,
+) -> None:
+    """A holds an order that got its code (nothing to poll until its deadline, an hour
+    away). The user's "another code" is handled by another replica (want_more set in the
+    database): A polls the order again at its next lease round."""
+    async with await Database.open(database_url) as db:
+        [order_id] = await waiting_orders(db, 1, multiple_sms=True)
+        assert await db.orders.add_code(order_id, "1234") is not None
+        polls: list[tuple[str, int, float]] = []
+        async with replica_poller(database_url, "A", polls):
+            await wait_until(lambda: len(polls) == 1, timeout=5)
+            await asyncio.sleep(INTERVAL)
+            assert len(polls) == 1, "received, no other code asked: not polled"
+            asked = time.monotonic()
+            assert await db.orders.request_more(order_id)  # on "another replica"
+            await wait_until(lambda: len(polls) >= 3, timeout=5)
+        assert polls[1][2] - asked <= INTERVAL, "seen at the next lease round"
 
 
 async def test_without_leases_two_pollers_poll_every_order_twice(database_url: str) -> None:

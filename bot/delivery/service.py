@@ -37,6 +37,7 @@ import contextlib
 import functools
 import heapq
 import logging
+import math
 import time
 import weakref
 from collections import Counter
@@ -294,12 +295,16 @@ class Delivery:
 
     async def _keep_leases(self) -> None:
         assert self._replica is not None
+        warned = -math.inf
         while True:
             await asyncio.sleep(self._replica.renew_every)
             try:
                 await self._renew()
             except Exception:  # the next round tries again; leases outlast two rounds
-                log.warning("renewing the outbox leases failed; trying again", exc_info=True)
+                now = time.monotonic()
+                if now - warned >= 60.0:  # once a minute while the database is away
+                    warned = now
+                    log.warning("renewing the outbox leases failed; trying again", exc_info=True)
 
     async def _renew(self) -> None:
         """One lease round: renew what is held, forget what was lost, take free rows."""
