@@ -13,6 +13,13 @@ its leases in ONE statement per round (`WHERE lease_owner = :me`), and a row who
 died is free again `ttl` seconds after its last renewal. Same SQL on SQLite and
 PostgreSQL.
 
+Every transaction here that writes several rows first takes one shared row lock (the
+`kv` row `lease-round`): on PostgreSQL two replicas' multi-row UPDATEs would otherwise lock
+the same rows in different orders (a claim picks at random, a renewal in scan order) and
+deadlock. Rounds are a few per second per replica, so waiting for each other costs
+nothing; the single-row writes elsewhere (an order's transition, a row's removal) cannot
+close a cycle with a round and do not take it. SQLite has one writer anyway.
+
 Each replica also renews a heartbeat row (`replicas`) in the same transaction: the live
 ones share the open orders out, each claiming up to its fair share (see `order_round`).
 
@@ -50,6 +57,10 @@ _OPEN = "status IN ('waiting', 'received')"
 _FREE = "(lease_until IS NULL OR lease_until < :now)"
 _TAKEABLE = "(lease_until IS NULL OR lease_until < :now OR lease_owner = :me)"
 
+_ROUND_LOCK = text(
+    "INSERT INTO kv (key, value) VALUES ('lease-round', :me)"
+    " ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+)
 _HEARTBEAT = text(
     "INSERT INTO replicas (id, started_at, alive_until) VALUES (:me, :now, :until)"
     " ON CONFLICT (id) DO UPDATE SET alive_until = excluded.alive_until"
@@ -160,6 +171,7 @@ class Leases:
         params = {"me": replica.id, "now": ts, "until": replica.until(ts)}
 
         async def tx(conn: AsyncConnection) -> OrderRound:
+            await _round_lock(conn, params)
             await _heartbeat(conn, params)
             held = {
                 int(oid): str(status) == "received" and bool(want_more)
@@ -184,6 +196,7 @@ class Leases:
             return 0
 
         async def tx(conn: AsyncConnection) -> int:
+            await _round_lock(conn, {"me": replica.id})
             result = await conn.execute(_RELEASE_ORDERS, {"me": replica.id, "ids": list(order_ids)})
             return int(result.rowcount)
 
@@ -201,6 +214,7 @@ class Leases:
         params = {"me": replica.id, "now": ts, "until": replica.until(ts)}
 
         async def tx(conn: AsyncConnection) -> tuple[set[int], list[OutboxRow]]:
+            await _round_lock(conn, params)
             held = {int(row[0]) for row in await sql.rows(conn, _RENEW_OUTBOX, **params)}
             claimed: list[OutboxRow] = []
             if claim > 0:
@@ -218,6 +232,7 @@ class Leases:
         params = {"me": replica.id, "now": ts, "until": replica.until(ts)}
 
         async def tx(conn: AsyncConnection) -> int:
+            await _round_lock(conn, params)
             await _heartbeat(conn, params)
             return int(await sql.scalar(conn, _LIVE, now=ts))
 
@@ -236,11 +251,16 @@ class Leases:
         replicas (or the next start) take the work over at once, not after `ttl`."""
 
         async def tx(conn: AsyncConnection) -> None:
+            await _round_lock(conn, {"me": replica.id})
             await conn.execute(_RELEASE_ALL_ORDERS, {"me": replica.id})
             await conn.execute(_RELEASE_OUTBOX, {"me": replica.id})
             await conn.execute(_LEAVE, {"me": replica.id})
 
         await self._db.write(tx)
+
+
+async def _round_lock(conn: AsyncConnection, params: dict[str, Any]) -> None:
+    await conn.execute(_ROUND_LOCK, {"me": params["me"]})
 
 
 async def _heartbeat(conn: AsyncConnection, params: dict[str, Any]) -> None:

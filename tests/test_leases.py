@@ -407,3 +407,35 @@ async def test_cancel_on_one_replica_and_expiry_on_the_other_have_one_winner(
         assert sorted(releases) == sorted(ended), "one release per order"
         assert await a.db.wallet.balance(1) == (1_000_00, 0)
         assert await a.db.wallet.check_invariant() == []
+
+
+async def test_replicas_racing_rounds_claims_and_releases_never_deadlock(
+    database_url: str,
+) -> None:
+    """Four replicas' rounds at once, many times over, leases running out in between (so
+    claims take rows their holders are renewing) and orders given back: on PostgreSQL,
+    multi-row UPDATEs locking the same rows in different orders would deadlock; every
+    round here must go through."""
+    dbs = [await Database.open(database_url) for _ in range(4)]
+    try:
+        ids = await waiting_orders(dbs[0], 120)
+        replicas = [Replica.new(1.0) for _ in dbs]
+        base = time.time()
+
+        async def replica_rounds(k: int) -> None:
+            leases, me = Leases(dbs[k]), replicas[k]
+            for step in range(40):
+                # A replica's clock runs a little ahead of the previous one's: each sees
+                # some of the others' leases as run out.
+                now = base + step * 0.35 + k * 0.3
+                got = await leases.order_round(me, now=now)
+                await leases.outbox_round(me, claim=5, now=now)
+                if step % 4 == k % 4 and got.held:
+                    await leases.release_orders(me, list(got.held)[::2])
+
+        await asyncio.gather(*(replica_rounds(k) for k in range(len(dbs))))
+        owners = await Leases(dbs[0]).order_round(Replica.new(1.0), now=base + 100)
+        assert {o.id for o in owners.claimed} <= set(ids)
+    finally:
+        for db in dbs:
+            await db.close()
