@@ -25,6 +25,7 @@ from bot.delivery.pacing import Paced, Pacer
 from bot.delivery.service import Delivery
 from bot.delivery.shared_pacing import SharedPacer, telegram_prefix
 from bot.http import HttpServer, webhook_params
+from bot.isolation import RenewedRedisIsolation
 from bot.poller import PROBE_TIMEOUT, Poller
 from bot.polling import PollConflict
 from bot.responses import keep_response_models
@@ -311,14 +312,16 @@ async def build_app(settings: Settings) -> App:
 
 
 def _dispatcher(redis: Redis | None, db: Database) -> Dispatcher:
-    """FSM in the database for one process; in Redis, with its event isolation (one update
-    of a chat at a time over every replica), when REDIS_URL is set."""
+    """FSM in the database for one process; in Redis, with an event isolation (one update
+    of a chat at a time over every replica) whose locks a killed replica does not keep
+    long (bot/isolation.py), when REDIS_URL is set."""
     storage: BaseStorage = DatabaseFsmStorage(db)
     isolation: BaseEventIsolation | None = None
     if redis is not None:
         # Keys carry the bot's id: several bots may share one Redis.
-        redis_storage = RedisStorage(redis, key_builder=DefaultKeyBuilder(with_bot_id=True))
-        storage, isolation = redis_storage, redis_storage.create_isolation()
+        keys = DefaultKeyBuilder(with_bot_id=True)
+        storage = RedisStorage(redis, key_builder=keys)
+        isolation = RenewedRedisIsolation(redis, keys)
     return Dispatcher(storage=storage, events_isolation=isolation)
 
 
