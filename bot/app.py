@@ -12,7 +12,6 @@ from typing import Any
 
 from aiogram import Bot, Dispatcher
 from aiogram.client.default import DefaultBotProperties
-from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
 from aiogram.enums import ParseMode
 from aiogram.exceptions import TelegramAPIError
@@ -42,6 +41,7 @@ from bot.services.users import UserService
 from bot.settings import Settings
 from bot.smsman.client import SmsManClient
 from bot.smsman.shared_gate import SharedCallGate, budget_prefix
+from bot.telegram_session import JsonSession
 from bot.ui.i18n import make_i18n
 from bot.ui.menus import Menus
 from handlers import get_routers
@@ -189,7 +189,8 @@ async def _poll_policy(settings: Settings, db: Database) -> PollPolicy | None:
 async def build_app(settings: Settings) -> App:
     keep_response_models()
     i18n = make_i18n()
-    session = AiohttpSession(api=TelegramAPIServer.from_base(settings.telegram_api_url))
+    # Each call one JSON body, not a multipart form (bot/telegram_session.py).
+    session = JsonSession(api=TelegramAPIServer.from_base(settings.telegram_api_url))
     redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
     # Every counted call (handlers' answers too) takes from one overall budget; a 429
     # pauses them all (bot/delivery/pacing.py); with Redis, over every replica.
@@ -272,7 +273,14 @@ async def build_app(settings: Settings) -> App:
     in_flight = InFlight()
     users = UserService(settings, db, client)
     users.on_returned = orders.user_returned
-    setup_middlewares(dp, users=users, access=access, i18n=i18n, in_flight=in_flight)
+    setup_middlewares(
+        dp,
+        users=users,
+        access=access,
+        i18n=i18n,
+        in_flight=in_flight,
+        webhook=settings.webhook_mode,
+    )
     dp.include_routers(*get_routers(settings))
     app = App(
         settings=settings,

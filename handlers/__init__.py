@@ -19,13 +19,18 @@ from handlers import (
 
 
 def get_routers(settings: Settings) -> list[Router]:
-    """The whole tree; the fallback goes last so it only sees what nobody else took."""
+    """The whole tree; the fallback goes last so it only sees what nobody else took.
+
+    Every other router's filters are disjoint (callback prefixes and actions, commands,
+    states), so their order only decides how many filters an update passes before its
+    own: the menus (most clicks, bench/menu.py) first.
+    """
     return [
         membership.router(),
-        start.router(),
-        admin.router(settings),
         buy.router(),
+        start.router(),
         orders.router(),
+        admin.router(settings),
         balance.router(),
         payments.router(),
         fallback.router(),

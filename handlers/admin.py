@@ -1,6 +1,6 @@
 """Admin commands; for anyone outside ADMIN_IDS they do not exist.
 
-Thin: the command's arguments go to AdminService, its reply goes back.
+Thin: the command's arguments go to AdminService; what it returns, bot/ui/admin renders.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from bot.delivery.service import Delivery
 from bot.services.admin import AdminService, parse_user_id
 from bot.services.stars import StarsService
 from bot.settings import Settings
+from bot.ui import admin as admin_ui
 from bot.ui import stars, texts
 
 
@@ -60,45 +61,61 @@ async def on_broadcast(message: Message, command: CommandObject, delivery: Deliv
     await delivery.broadcast(message.chat.id, body, progress.message_id)
 
 
-async def on_credit(message: Message, command: CommandObject, admin: AdminService) -> None:
+async def on_credit(
+    message: Message, command: CommandObject, admin: AdminService, settings: Settings
+) -> None:
     """/credit USER_ID AMOUNT [note]: top up a wallet."""
-    reply = await admin.credit_command(
+    result = await admin.credit_command(
         command.args or "", chat_id=message.chat.id, message_id=message.message_id
     )
-    await message.answer(reply)
+    await message.answer(admin_ui.reply(result, settings.currency))
 
 
-async def on_debit(message: Message, command: CommandObject, admin: AdminService) -> None:
+async def on_debit(
+    message: Message, command: CommandObject, admin: AdminService, settings: Settings
+) -> None:
     """/debit USER_ID AMOUNT [note]: take from a wallet."""
-    reply = await admin.debit_command(
+    result = await admin.debit_command(
         command.args or "", chat_id=message.chat.id, message_id=message.message_id
     )
-    await message.answer(reply)
+    await message.answer(admin_ui.reply(result, settings.currency))
 
 
-async def on_user(message: Message, command: CommandObject, admin: AdminService) -> None:
+async def on_user(
+    message: Message, command: CommandObject, admin: AdminService, settings: Settings
+) -> None:
     """/user USER_ID: wallet, orders, the last ledger rows."""
-    await message.answer(await admin.user_command(command.args or ""))
+    result = await admin.user_command(command.args or "")
+    await message.answer(admin_ui.reply(result, settings.currency))
 
 
-async def on_stats(message: Message, admin: AdminService) -> None:
+async def on_stats(message: Message, admin: AdminService, settings: Settings) -> None:
     """/stats: orders, codes, refunds, revenue, margin, the SMS-Man balance."""
-    await message.answer(await admin.stats_command())
+    await message.answer(admin_ui.reply(await admin.stats_command(), settings.currency))
 
 
-async def on_ban(message: Message, command: CommandObject, admin: AdminService) -> None:
+async def on_ban(
+    message: Message, command: CommandObject, admin: AdminService, settings: Settings
+) -> None:
     """/ban USER_ID."""
-    await message.answer(await admin.ban_command(command.args or "", banned=True))
+    result = await admin.ban_command(command.args or "", banned=True)
+    await message.answer(admin_ui.reply(result, settings.currency))
 
 
-async def on_unban(message: Message, command: CommandObject, admin: AdminService) -> None:
+async def on_unban(
+    message: Message, command: CommandObject, admin: AdminService, settings: Settings
+) -> None:
     """/unban USER_ID."""
-    await message.answer(await admin.ban_command(command.args or "", banned=False))
+    result = await admin.ban_command(command.args or "", banned=False)
+    await message.answer(admin_ui.reply(result, settings.currency))
 
 
-async def on_markup(message: Message, command: CommandObject, admin: AdminService) -> None:
+async def on_markup(
+    message: Message, command: CommandObject, admin: AdminService, settings: Settings
+) -> None:
     """/markup PERCENT | reset, or alone to show it."""
-    await message.answer(await admin.markup_command(command.args or ""))
+    result = await admin.markup_command(command.args or "")
+    await message.answer(admin_ui.reply(result, settings.currency))
 
 
 async def on_refund(

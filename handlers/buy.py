@@ -23,6 +23,7 @@ from bot.ui.callbacks import (
 )
 from bot.ui.menus import Menus
 from bot.ui.screen import show
+from handlers.conversation import put
 
 MAX_QUERY = 64
 
@@ -54,8 +55,10 @@ async def on_buy(
     event: Message | CallbackQuery, state: FSMContext, menus: Menus, locale: str
 ) -> None:
     """The first page of countries."""
-    await state.set_state(Choosing.country)
-    await state.update_data(country_query=None)
+    data = await state.get_data()
+    if data.get("country_query") is not None:
+        data["country_query"] = None
+    await put(state, Choosing.country, data)  # one write, none if nothing changed
     screen = await menus.countries(locale, 0, None)
     await show(event, screen.text, screen.markup)
     if isinstance(event, CallbackQuery):
@@ -93,8 +96,9 @@ async def on_country(
     locale: str,
 ) -> None:
     """A country was picked: its services."""
-    await state.set_state(Choosing.service)
-    await state.update_data(country=callback_data.country, service_query=None)
+    data = await state.get_data()
+    data.update(country=callback_data.country, service_query=None)
+    await put(state, Choosing.service, data)
     screen = await menus.services(callback_data.country, locale, 0, None)
     await show(callback, screen.text, screen.markup)
     await callback.answer()

@@ -13,6 +13,7 @@ from bot.services.users import UserService
 from bot.ui import keyboards, texts
 from bot.ui.callbacks import LanguageCb, MenuAction, MenuCb
 from bot.ui.screen import show
+from handlers.conversation import put
 
 
 def router() -> Router:
@@ -31,7 +32,7 @@ async def on_start(
     message: Message, state: FSMContext, is_admin: bool, admin: AdminService
 ) -> None:
     """Greet and show the main menu."""
-    await state.clear()
+    await put(state, None, {})  # aiogram's clear() is two writes
     if is_admin and message.bot is not None:
         await admin.setup_admin_commands(message.bot, message.chat.id)
     name = message.from_user.first_name if message.from_user else None
@@ -40,7 +41,7 @@ async def on_start(
 
 async def on_home(callback: CallbackQuery, state: FSMContext) -> None:
     """Back to the main menu, in place."""
-    await state.clear()
+    await put(state, None, {})  # aiogram's clear() is two writes
     await show(callback, texts.start_text(callback.from_user.first_name), keyboards.main_menu())
     await callback.answer()
 

@@ -6,7 +6,9 @@ the caller just does not see the outcome, and `close()` waits for it.
 
 - SQLite writes: one writer task, several calls per COMMIT, a SAVEPOINT each
   (storage/group_commit.py); single-statement reads: one reader task on its own connection
-  (storage/reader.py). Each task owns its connection.
+  (storage/reader.py). Each task owns its connection, and runs each batch of calls in one
+  hop to that connection's thread (storage/inline.py): there a call may await only its
+  statements.
 - Everything else (PostgreSQL, snapshot reads): a task of its own on its own pooled
   connection, awaited through `asyncio.shield`. Two tasks never share a connection.
 """
@@ -50,8 +52,9 @@ class Database:
         self._engines = engines
         self.is_sqlite = engines.is_sqlite
         # SQLite has one writer at a time anyway (BEGIN IMMEDIATE): one writer task runs the
-        # queued write calls, several per COMMIT (storage/group_commit.py).
-        self._group = GroupCommit(engines.write) if engines.is_sqlite else None
+        # queued write calls, several per COMMIT (storage/group_commit.py). It BEGINs itself,
+        # on a connection without SQLAlchemy's per-statement event dispatch.
+        self._group = GroupCommit(engines.base) if engines.is_sqlite else None
         # ... and one reader task answers single-statement reads (storage/reader.py).
         self._reader = SerialReader(engines.read) if engines.is_sqlite else None
         self._running: set[asyncio.Task[Any]] = set()
@@ -106,6 +109,8 @@ class Database:
     async def close(self) -> None:
         self._closed = True
         await self.drain()
+        if self._group is not None:
+            await self._group.close()
         if self._reader is not None:
             await self._reader.close()
         if self.is_sqlite:
@@ -128,7 +133,9 @@ class Database:
             return await self._shielded(self._in(self._engines.write, fn))
         if self._closed:
             raise RuntimeError("the database is closed")
-        result: T = await asyncio.shield(self._group.submit(fn))
+        # Not shielded: a cancelled caller cancels only its future; the writer runs the call
+        # whole anyway and does not tell it the outcome.
+        result: T = await self._group.submit(fn)
         return result
 
     async def read(self, fn: Tx[T]) -> T:

@@ -9,11 +9,13 @@ PostgreSQL takes that row's lock until COMMIT.
 
 Where they differ (and nowhere else):
 
-- Write transaction. SQLite: `BEGIN IMMEDIATE` takes the file's write lock at BEGIN, so
-  writers run one at a time: one writer task per process runs the queued write calls, several
-  per COMMIT, a SAVEPOINT each (storage/group_commit.py). PostgreSQL: READ COMMITTED; writers
-  of one user queue on that user's row lock (taken by `ledger.lock_user`'s UPDATE), other
-  users' writes run in parallel, each call on its own pooled connection.
+- Write transaction. SQLite: `BEGIN IMMEDIATE` (WRITE_BEGIN) takes the file's write lock at
+  BEGIN, so writers run one at a time: one writer task per process runs the queued write
+  calls, several per COMMIT, a SAVEPOINT each, and sends that BEGIN itself
+  (storage/group_commit.py); any other write connection gets it from the `write` engine.
+  PostgreSQL: READ COMMITTED; writers of one user queue on that user's row lock (taken by
+  `ledger.lock_user`'s UPDATE), other users' writes run in parallel, each call on its own
+  pooled connection.
 - Single-statement read (`read`). SQLite: autocommit on one dedicated reader connection
   (storage/reader.py). PostgreSQL: AUTOCOMMIT on a pooled connection. One statement sees one
   state on both.
@@ -39,6 +41,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from storage import sqlite_driver
 
 BUSY_TIMEOUT_MS = 10_000
+# How a SQLite write transaction starts: it takes the file's write lock at once.
+WRITE_BEGIN = "BEGIN IMMEDIATE"
 
 _SQLITE_PREFIXES = ("sqlite+aiosqlite:///", "sqlite:///")
 _POSTGRES_PREFIXES = ("postgresql+asyncpg://", "postgresql://", "postgres://")
@@ -97,13 +101,20 @@ def make_engines(url_or_path: str | Path) -> Engines:
             {"module": sqlite_driver.dbapi()} if sqlite_driver.SUPPORTED else {}
         )
         base = create_async_engine(url, pool_size=8, max_overflow=8, **one_hop)
-        _sqlite_events(base)
+        event.listen(base.sync_engine, "connect", _sqlite_connect)
+        # The BEGIN hook only where a connection needs it: a hook on an engine makes
+        # SQLAlchemy dispatch events around every statement on it (~10 µs each). Without it
+        # SQLAlchemy's begin sends nothing: autocommit, each statement its own transaction.
+        write = base.execution_options(sqlite_begin=WRITE_BEGIN)
+        snapshot = base.execution_options(sqlite_begin="BEGIN")
+        for begins in (write, snapshot):
+            event.listen(begins.sync_engine, "begin", _sqlite_begin)
         return Engines(
             base=base,
-            write=base.execution_options(sqlite_begin="BEGIN IMMEDIATE"),
+            write=write,
             # A single SELECT is its own transaction in autocommit: no BEGIN, no COMMIT.
-            read=base.execution_options(sqlite_begin=None),
-            snapshot=base.execution_options(sqlite_begin="BEGIN"),
+            read=base,
+            snapshot=snapshot,
             is_sqlite=True,
         )
     # 16 kept: a connection beyond the pool is a new PostgreSQL backend each time, and a
@@ -124,31 +135,30 @@ def make_engines(url_or_path: str | Path) -> Engines:
     )
 
 
-def _sqlite_events(engine: AsyncEngine) -> None:
-    @event.listens_for(engine.sync_engine, "connect")
-    def _connect(dbapi_connection: Any, _record: Any) -> None:
-        # The driver must not BEGIN on its own: the "begin" hook below says which BEGIN.
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        try:
-            cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            cursor.execute("PRAGMA journal_mode = WAL")
-            mode = cursor.fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise RuntimeError(f"could not switch the database to WAL mode (got {mode!r})")
-            cursor.execute("PRAGMA synchronous = FULL")
-            cursor.execute("PRAGMA foreign_keys = ON")
-            cursor.execute("PRAGMA temp_store = MEMORY")
-        finally:
-            cursor.close()
+def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+    # The driver must not BEGIN on its own: the "begin" hook below, or the writer task
+    # (storage/group_commit.py), says which BEGIN.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        mode = cursor.fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise RuntimeError(f"could not switch the database to WAL mode (got {mode!r})")
+        cursor.execute("PRAGMA synchronous = FULL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.execute("PRAGMA temp_store = MEMORY")
+    finally:
+        cursor.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
-    def _begin(conn: Connection) -> None:
-        begin = conn.get_execution_options().get("sqlite_begin", "BEGIN IMMEDIATE")
-        if begin is None:  # autocommit reads, or the caller BEGINs itself (storage.migrate)
-            return
-        dbapi_connection = conn.connection.dbapi_connection
-        if isinstance(dbapi_connection, sqlite_driver.OneHopConnection):
-            dbapi_connection.defer(begin)  # goes with the first statement: one hop less
-        else:
-            conn.exec_driver_sql(begin)
+
+def _sqlite_begin(conn: Connection) -> None:
+    begin = conn.get_execution_options().get("sqlite_begin")
+    if begin is None:  # the caller BEGINs itself (storage.migrate)
+        return
+    dbapi_connection = conn.connection.dbapi_connection
+    if isinstance(dbapi_connection, sqlite_driver.OneHopConnection):
+        dbapi_connection.defer(begin)  # goes with the first statement: one hop less
+    else:
+        conn.exec_driver_sql(begin)

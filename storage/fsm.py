@@ -31,6 +31,11 @@ _SET_DATA = text(
     "INSERT INTO fsm (key, state, data) VALUES (:key, NULL, :data)"
     " ON CONFLICT (key) DO UPDATE SET data = excluded.data"
 )
+_SET_ROW = text(
+    "INSERT INTO fsm (key, state, data) VALUES (:key, :state, :data)"
+    " ON CONFLICT (key) DO UPDATE SET state = excluded.state, data = excluded.data"
+)
+_DELETE = text("DELETE FROM fsm WHERE key = :key")
 _DROP_EMPTY = text("DELETE FROM fsm WHERE key = :key AND state IS NULL AND data = '{}'")
 _COUNT = text("SELECT COUNT(*) FROM fsm")
 EMPTY = "{}"  # no data, canonical
@@ -71,6 +76,18 @@ class FsmData:
 
     async def set_data(self, key: str, data: Mapping[str, Any], *, may_empty: bool = True) -> None:
         await self._set(_SET_DATA, may_empty, key=key, data=_canonical(data))
+
+    async def set_row(self, key: str, state: str | None, data: str) -> None:
+        """State and data (canonical JSON) in one statement; no state and no data: no row."""
+        empty = state is None and data == EMPTY
+
+        async def tx(conn: AsyncConnection) -> None:
+            if empty:
+                await conn.execute(_DELETE, {"key": key})
+            else:
+                await conn.execute(_SET_ROW, {"key": key, "state": state, "data": data})
+
+        await self._db.write(tx)
 
     async def _set(self, stmt: Any, may_empty: bool, **params: Any) -> None:
         async def tx(conn: AsyncConnection) -> None:
@@ -177,6 +194,18 @@ class DatabaseFsmStorage(BaseStorage):
             empty = state is None and new_data == EMPTY
             write = self._fsm.set_data(name, data, may_empty=empty)
             await self._write(name, (state, new_data), write)
+
+    async def set_row(
+        self, key: StorageKey, state: str | State | None, data: Mapping[str, Any]
+    ) -> None:
+        """set_state and set_data as one write (aiogram's FSMContext makes them two)."""
+        value = state.state if isinstance(state, State) else state
+        name = storage_key(key)
+        row = (value, _canonical(data))
+        if self._rows is None:
+            await self._fsm.set_row(name, *row)
+        elif await self._row(name) != row:
+            await self._write(name, row, self._fsm.set_row(name, *row))
 
     async def get_data(self, key: StorageKey) -> dict[str, Any]:
         name = storage_key(key)

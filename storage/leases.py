@@ -99,6 +99,14 @@ _CLAIM_OUTBOX = text(
     f" WHERE id IN (SELECT id FROM outbox WHERE {_FREE} ORDER BY priority, id LIMIT :n)"
     f" AND {_TAKEABLE} RETURNING {OUTBOX_COLUMNS}"
 )
+# Right before a push: the row is still ours, and stays ours for a whole `ttl` more, so a
+# replica stalled between its lease round and the push cannot send what another replica
+# took meanwhile (only a stall longer than `ttl` after this statement can).
+_KEEP_OUTBOX_ROW = text(
+    "UPDATE outbox SET lease_until = :until WHERE id = :id AND lease_owner = :me"
+    f" RETURNING {OUTBOX_COLUMNS}"
+)
+_OUTBOX_ROW_EXISTS = text("SELECT 1 FROM outbox WHERE id = :id")
 _RELEASE_OUTBOX = text(
     "UPDATE outbox SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = :me"
 )
@@ -221,6 +229,23 @@ class Leases:
                 found = await sql.rows(conn, _CLAIM_OUTBOX, n=claim, **params)
                 claimed = [row_of(row) for row in found]
             return held, claimed
+
+        return await self._db.write(tx)
+
+    async def keep_outbox_row(
+        self, replica: Replica, row_id: int, *, now: float | None = None
+    ) -> OutboxRow | bool:
+        """Just before pushing a row: the row with its lease extended by `ttl` if this
+        replica still holds it; else True if another replica does, False if it is gone."""
+        ts = time.time() if now is None else now
+
+        async def tx(conn: AsyncConnection) -> OutboxRow | bool:
+            kept = await sql.first(
+                conn, _KEEP_OUTBOX_ROW, id=row_id, me=replica.id, until=replica.until(ts)
+            )
+            if kept is not None:
+                return row_of(kept)
+            return await sql.first(conn, _OUTBOX_ROW_EXISTS, id=row_id) is not None
 
         return await self._db.write(tx)
 

@@ -77,16 +77,22 @@ async def _move(
     return int(row[0]), int(row[1]), Money(row[2])
 
 
+# The money column moves in the status transition's own guarded UPDATE: an order being
+# closed or given its first code is in purchasing/waiting, where money is 'none' or 'held'.
+_RELEASING = ", want_more = 0, money = CASE WHEN money = 'held' THEN 'released' ELSE money END"
+_CAPTURING = ", want_more = 0, money = CASE WHEN money = 'held' THEN 'captured' ELSE money END"
+
+
 async def _close_releasing(
     conn: AsyncConnection, order_id: int, old: OrderStatus, new: OrderStatus, now: float
 ) -> bool:
     """A transition to a final status without a code: the held price goes back."""
-    moved = await _move(conn, order_id, old, new, now, ", want_more = 0")
+    moved = await _move(conn, order_id, old, new, now, _RELEASING)
     if moved is None:
         return False
-    user_id, _price, money = moved
-    if money is Money.HELD:
-        await ledger.release(conn, user_id, order_id, moved[1], now)
+    user_id, price, money = moved
+    if money is Money.RELEASED:  # it was held: the UPDATE above released it
+        await ledger.release_row(conn, user_id, order_id, price, now)
     return True
 
 
@@ -104,6 +110,24 @@ _CLEAR_WANT_MORE = text("UPDATE orders SET want_more = 0, updated_at = :now WHER
 
 
 async def _add_code(conn: AsyncConnection, order_id: int, code: str, now: float) -> Code | None:
+    # The usual case first: a waiting order's first code. The guarded UPDATE moves it to
+    # received (capturing a hold) and locks it; a waiting order has no code yet.
+    moved = await _move(conn, order_id, S.WAITING, S.RECEIVED, now, _CAPTURING)
+    if moved is not None:
+        code_id = await sql.scalar(conn, _INSERT_CODE, order_id=order_id, code=code, now=now)
+        if code_id is None:  # cannot happen: roll back rather than move without a code
+            raise RuntimeError(f"order {order_id} was waiting with code {code!r} stored")
+        user_id, _price, money = moved
+        if money is Money.CAPTURED:  # it was held: the UPDATE above captured it
+            await ledger.capture_row(conn, user_id, order_id, now)
+        return _code(code_id, order_id, code, now)
+    return await _add_later_code(conn, order_id, code, now)
+
+
+async def _add_later_code(
+    conn: AsyncConnection, order_id: int, code: str, now: float
+) -> Code | None:
+    """A received order's next code (or, after a race, a waiting order's first)."""
     status_value = await sql.scalar(conn, _LOCK_CODE_TARGET, order_id=order_id)
     if status_value is None:
         return None
@@ -114,12 +138,16 @@ async def _add_code(conn: AsyncConnection, order_id: int, code: str, now: float)
     if status is S.RECEIVED:
         await conn.execute(_CLEAR_WANT_MORE, {"now": now, "order_id": order_id})
     else:
-        moved = await _move(conn, order_id, status, S.RECEIVED, now, ", want_more = 0")
+        moved = await _move(conn, order_id, status, S.RECEIVED, now, _CAPTURING)
         if moved is None:  # cannot happen: the row is locked; never store a stray code
             raise RuntimeError(f"order {order_id} changed status under a write transaction")
         user_id, _price, money = moved
-        if money is Money.HELD:
-            await ledger.capture(conn, user_id, order_id, now)
+        if money is Money.CAPTURED:
+            await ledger.capture_row(conn, user_id, order_id, now)
+    return _code(code_id, order_id, code, now)
+
+
+def _code(code_id: Any, order_id: int, code: str, now: float) -> Code:
     return Code(
         id=int(code_id),
         order_id=order_id,
@@ -130,13 +158,34 @@ async def _add_code(conn: AsyncConnection, order_id: int, code: str, now: float)
     )
 
 
-_INSERT_ORDER = text(
+_NEW_ORDER_COLUMNS = (
     "INSERT INTO orders (user_id, chat_id, country_id, country_title, service_id,"
     " service_title, price, cost, currency, status, money, created_at, multiple_sms,"
-    " idempotency_key, updated_at) VALUES (:user_id, :chat_id, :country_id, :country_title,"
-    " :service_id, :service_title, :price, :cost, :currency, :status, :money, :now,"
-    " :multiple_sms, :key, :now) RETURNING id"
+    " idempotency_key, updated_at)"
 )
+_NEW_ORDER_VALUES = (
+    ":user_id, :chat_id, :country_id, :country_title, :service_id, :service_title, :price,"
+    " :cost, :currency, :status, :money, :now, :multiple_sms, :key, :now"
+)
+_INSERT_ORDER = text(f"{_NEW_ORDER_COLUMNS} VALUES ({_NEW_ORDER_VALUES}) RETURNING id")
+# The usual purchase checks its key and limits in the insert itself (no row: refused, and
+# `_refuse` says why). The counts run after the user's row is locked, as `_refuse`'s do.
+_UNDER_MAX_ACTIVE = (
+    "(SELECT COUNT(*) FROM orders WHERE user_id = :user_id"
+    " AND status IN ('purchasing', 'waiting')) < :max_active"
+)
+_UNDER_MAX_RECENT = (
+    " AND (SELECT COUNT(*) FROM orders WHERE user_id = :user_id"
+    " AND created_at >= :since) < :max_per_minute"
+)
+_INSERT_ORDER_IF_ALLOWED = {
+    per_minute: text(
+        f"{_NEW_ORDER_COLUMNS} SELECT {_NEW_ORDER_VALUES} WHERE {_UNDER_MAX_ACTIVE}"
+        f"{_UNDER_MAX_RECENT if per_minute else ''}"
+        " ON CONFLICT (idempotency_key) DO NOTHING RETURNING id"
+    )
+    for per_minute in (False, True)
+}
 _BY_KEY = text(f"SELECT {ORDER_COLUMNS} FROM orders WHERE idempotency_key = :key")
 # The duplicate check and both limits in one statement (one round trip less per purchase).
 _KEY_AND_LIMITS = text(
@@ -188,6 +237,33 @@ _GET_FOR_USER = text(
 _BY_REQUEST = text(f"SELECT {ORDER_COLUMNS} FROM orders WHERE request_id = :request_id")
 
 
+async def _refuse(
+    conn: AsyncConnection,
+    *,
+    user_id: int,
+    key: str,
+    since: float,
+    banned: bool,
+    max_active: int,
+    max_per_minute: int | None,
+) -> None:
+    """Raise the first of DuplicateOrder, UserBanned, TooManyActiveOrders and
+    TooManyRecentOrders that applies (the user's row locked already); return if none."""
+    found = await sql.first(conn, _KEY_AND_LIMITS, key=key, user_id=user_id, since=since)
+    assert found is not None  # an aggregate without GROUP BY: always one row
+    if found[0] is not None:
+        existing = await sql.first(conn, _GET, order_id=found[0])
+        assert existing is not None
+        raise DuplicateOrder(rows.order(existing))
+    if banned:
+        raise UserBanned(f"user {user_id} is banned")
+    active, recent = int(found[1] or 0), int(found[2] or 0)
+    if active >= max_active:
+        raise TooManyActiveOrders(max_active)
+    if max_per_minute is not None and recent >= max_per_minute:
+        raise TooManyRecentOrders(max_per_minute)
+
+
 class Orders:
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -224,45 +300,59 @@ class Orders:
         ts = time.time() if now is None else now
         money = Money.HELD if hold else Money.NONE
 
+        values = {
+            "user_id": user_id,
+            "chat_id": chat_id,
+            "country_id": country_id,
+            "country_title": country_title,
+            "service_id": service_id,
+            "service_title": service_title,
+            "price": price,
+            "cost": cost,
+            "currency": currency,
+            "status": S.PURCHASING.value,
+            "money": money.value,
+            "now": ts,
+            "multiple_sms": int(multiple_sms),
+            "key": idempotency_key,
+        }
+        limits = {"max_active": max_active, "since": ts - 60}
+        if max_per_minute is not None:
+            limits["max_per_minute"] = max_per_minute
+        insert_if_allowed = _INSERT_ORDER_IF_ALLOWED[max_per_minute is not None]
+
+        async def refuse(conn: AsyncConnection, banned: bool) -> None:
+            await _refuse(
+                conn,
+                user_id=user_id,
+                key=idempotency_key,
+                since=ts - 60,
+                banned=banned,
+                max_active=max_active,
+                max_per_minute=max_per_minute,
+            )
+
         async def tx(conn: AsyncConnection) -> Order:
-            banned, _balance = await ledger.lock_user(conn, user_id, ts)
-            found = await sql.first(
-                conn, _KEY_AND_LIMITS, key=idempotency_key, user_id=user_id, since=ts - 60
-            )
-            assert found is not None  # an aggregate without GROUP BY: always one row
-            if found[0] is not None:
-                existing = await sql.first(conn, _GET, order_id=found[0])
-                assert existing is not None
-                raise DuplicateOrder(rows.order(existing))
+            # The usual purchase: take the price (locking the user's row), insert the order
+            # if its key is new and the limits allow, write the hold's ledger row.
+            if not hold:
+                banned, _balance = await ledger.lock_user(conn, user_id, ts)
+            else:
+                taken = await ledger.take_locking(conn, user_id, price)
+                if taken is None:  # short, or a new user: lock, then every check in order
+                    banned, _balance = await ledger.lock_user(conn, user_id, ts)
+                    await refuse(conn, banned)
+                    await ledger.take(conn, user_id, price)  # InsufficientFunds
+                else:
+                    banned = taken
             if banned:
-                raise UserBanned(f"user {user_id} is banned")
-            active, recent = int(found[1] or 0), int(found[2] or 0)
-            if active >= max_active:
-                raise TooManyActiveOrders(max_active)
-            if max_per_minute is not None and recent >= max_per_minute:
-                raise TooManyRecentOrders(max_per_minute)
-            if hold:
-                await ledger.take(conn, user_id, price)
-            order_id = int(
-                await sql.scalar(
-                    conn,
-                    _INSERT_ORDER,
-                    user_id=user_id,
-                    chat_id=chat_id,
-                    country_id=country_id,
-                    country_title=country_title,
-                    service_id=service_id,
-                    service_title=service_title,
-                    price=price,
-                    cost=cost,
-                    currency=currency,
-                    status=S.PURCHASING.value,
-                    money=money.value,
-                    now=ts,
-                    multiple_sms=int(multiple_sms),
-                    key=idempotency_key,
-                )
-            )
+                await refuse(conn, banned)  # DuplicateOrder or UserBanned
+            found = await sql.scalar(conn, insert_if_allowed, **values, **limits)
+            if found is None:
+                await refuse(conn, banned)  # says which check refused it
+                # None does any more (an order of the user ended meanwhile: PostgreSQL).
+                found = await sql.scalar(conn, _INSERT_ORDER, **values)
+            order_id = int(found)
             if hold:
                 await ledger.hold_row(conn, user_id, order_id, price, ts)
             return Order(

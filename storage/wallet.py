@@ -96,22 +96,15 @@ class Wallet:
             raise InvalidAmount(f"a credit must be positive, got {amount}")
         ts = time.time() if now is None else now
 
-        async def tx(conn: AsyncConnection) -> LedgerRow | None:
-            await ledger.lock_user(conn, user_id, ts)
-            if await _key_used(conn, idempotency_key):
-                return None
-            return await ledger.add_row(
-                conn,
-                user_id=user_id,
-                amount=amount,
-                kind=LedgerKind.CREDIT,
-                order_id=None,
-                note=note,
-                now=ts,
-                key=idempotency_key,
+        async def tx(conn: AsyncConnection) -> LedgerRow:
+            return await ledger.credit(
+                conn, user_id=user_id, amount=amount, note=note, now=ts, key=idempotency_key
             )
 
-        return await self._db.write(tx)
+        try:
+            return await self._db.write(tx)
+        except ledger.KeyUsed:
+            return None  # rolled back whole: nothing changed
 
     async def debit(
         self,

@@ -131,3 +131,25 @@ async def test_on_sqlite_only_the_most_recent_conversations_are_remembered(db: D
         assert await storage.get_state(keys[2]) == "Choosing:country"
         assert await storage.get_state(keys[0]) == "Choosing:country"  # forgotten: read again
     assert seen == ["SELECT"]
+
+
+async def test_state_and_data_set_together_are_one_statement_and_none_if_unchanged(
+    db: Database,
+) -> None:
+    storage = DatabaseFsmStorage(db)
+    key = StorageKey(bot_id=1, chat_id=9, user_id=9)
+    with statements(db) as seen:
+        await storage.set_row(key, "Choosing:service", {"country": 3, "service_query": None})
+    assert [s for s in seen if s != "SELECT"] == ["INSERT"]
+    with statements(db) as seen:
+        await storage.set_row(key, "Choosing:service", {"service_query": None, "country": 3})
+    if db.is_sqlite:  # the row is remembered: nothing changed, nothing written
+        assert [s for s in seen if s != "SELECT"] == []
+    again = DatabaseFsmStorage(db)  # a restart reads what was written
+    assert await again.get_state(key) == "Choosing:service"
+    assert await again.get_data(key) == {"country": 3, "service_query": None}
+    with statements(db) as seen:
+        await storage.set_row(key, None, {})  # what clear() does in two
+    assert [s for s in seen if s != "SELECT"] == ["DELETE"]
+    assert await db.fsm.count() == 0
+    assert await DatabaseFsmStorage(db).get_state(key) is None

@@ -24,6 +24,7 @@ from sandbox.telegram import FakeTelegram
 from storage.db import Database
 from storage.leases import Leases, Replica
 from storage.models import LedgerKind, Money, Order, OrderStatus
+from storage.outbox import OutboxRow
 from tests.botproc import wait_until
 
 INTERVAL = 0.6
@@ -439,3 +440,26 @@ async def test_replicas_racing_rounds_claims_and_releases_never_deadlock(
     finally:
         for db in dbs:
             await db.close()
+
+
+async def test_a_push_keeps_its_row_for_a_whole_ttl_or_learns_it_lost_it(
+    database_url: str,
+) -> None:
+    """Just before a push the holder extends its lease (a stalled replica whose lease ran
+    out and was taken must not push what the taker pushes)."""
+    async with await Database.open(database_url) as db_a, await Database.open(database_url) as db_b:
+        a, b = Replica.new(1.0), Replica.new(1.0)
+        now = time.time()
+        row = await db_a.outbox.enqueue(chat_id=1, priority=1, kind="notice", lease=a.lease(now))
+        # Kept at now + 0.9: extended to now + 1.9, so B cannot take it at now + 1.5.
+        kept = await Leases(db_a).keep_outbox_row(a, row.id, now=now + 0.9)
+        assert isinstance(kept, OutboxRow) and kept.id == row.id
+        _held, taken = await Leases(db_b).outbox_round(b, claim=10, now=now + 1.5)
+        assert taken == []
+        # A stalls past its lease; B takes the row; A, waking, learns it lost it.
+        _held, taken = await Leases(db_b).outbox_round(b, claim=10, now=now + 2.0)
+        assert [r.id for r in taken] == [row.id]
+        assert await Leases(db_a).keep_outbox_row(a, row.id, now=now + 2.1) is True
+        assert isinstance(await Leases(db_b).keep_outbox_row(b, row.id, now=now + 2.1), OutboxRow)
+        await db_b.outbox.drop(row.id)
+        assert await Leases(db_a).keep_outbox_row(a, row.id) is False, "gone: done elsewhere"

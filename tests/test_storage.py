@@ -432,6 +432,70 @@ async def test_banned_user_cannot_order(db: Database) -> None:
     await new_order(db)
 
 
+async def test_refusals_keep_their_order_and_change_nothing(db: Database) -> None:
+    """Duplicate key, ban, active limit, per-minute limit, funds: the first that applies is
+    raised, whichever of them the purchase's first statements already met, and nothing
+    changes (storage/orders.py checks the usual purchase inside its statements)."""
+    from storage import TooManyRecentOrders
+
+    async def buy(key: str, **kw: Any) -> Order:
+        kw.setdefault("now", 1_000.0)
+        return await db.orders.create(
+            user_id=kw.pop("user_id", 1),
+            chat_id=1,
+            country_id=7,
+            country_title="Russia",
+            service_id=3,
+            service_title="Telegram",
+            price=kw.pop("price", 100),
+            cost=60,
+            currency="RUB",
+            idempotency_key=key,
+            multiple_sms=False,
+            hold=kw.pop("hold", True),
+            max_active=kw.pop("max_active", 100),
+            max_per_minute=kw.pop("max_per_minute", None),
+            **kw,
+        )
+
+    await db.wallet.credit(1, 1_000, note=None, idempotency_key="t1")
+    first = await buy("a", max_per_minute=2)
+    await buy("b", max_per_minute=2, now=1_001.0)
+    with pytest.raises(TooManyRecentOrders):
+        await buy("c", max_per_minute=2, now=1_002.0)
+    with pytest.raises(TooManyRecentOrders):  # before funds
+        await buy("c", max_per_minute=2, now=1_002.0, price=10_000)
+    with pytest.raises(TooManyActiveOrders):  # before the per-minute limit and funds
+        await buy("c", max_active=2, max_per_minute=2, price=10_000)
+    await db.users.set_banned(1, True)
+    with pytest.raises(DuplicateOrder) as caught:  # before the ban
+        await buy("a")
+    assert caught.value.order == first
+    for kw in ({}, {"price": 10_000}, {"max_active": 1}, {"hold": False}):
+        with pytest.raises(UserBanned):  # before limits and funds
+            await buy("c", **kw)
+    await db.users.set_banned(1, False)
+    assert await db.wallet.balance(1) == (800, 200)
+    assert [o.idempotency_key for o in await db.orders.list_for_user(1)] == ["b", "a"]
+    # A minute later the per-minute limit counts only the newer order.
+    await buy("c", max_per_minute=2, now=1_061.0)
+    # A new user's free purchase with a hold: the user is created, nothing is taken.
+    free = await buy("free", user_id=9, price=0)
+    assert free.money is Money.HELD and await db.wallet.balance(9) == (0, 0)
+    assert await db.wallet.check_invariant() == []
+
+
+async def test_a_used_credit_key_changes_nothing(db: Database) -> None:
+    assert await db.wallet.credit(1, 50, note="first", idempotency_key="k") is not None
+    assert await db.wallet.credit(1, 70, note="again", idempotency_key="k") is None
+    # The key is global: another user's credit with it is refused too, and not created.
+    assert await db.wallet.credit(2, 70, note="other", idempotency_key="k") is None
+    assert await db.wallet.balance(1) == (50, 0)
+    assert await db.users.get(2) is None
+    assert [row.note for row in await db.wallet.history(1)] == ["first"]
+    assert await db.wallet.check_invariant() == []
+
+
 async def test_negative_price_is_invalid(db: Database) -> None:
     with pytest.raises(InvalidAmount):
         await new_order(db, price=-1)

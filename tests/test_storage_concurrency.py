@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from typing import Any, TypeVar
 
@@ -257,16 +258,39 @@ async def test_a_started_transaction_ends_whole_though_its_caller_is_cancelled(
     still runs to its COMMIT on its own (it is not cut at the cancelled await)."""
     from sqlalchemy import text
 
-    started, go = asyncio.Event(), asyncio.Event()
+    started: threading.Event | asyncio.Event
+    go: threading.Event | asyncio.Event
+    if db.is_sqlite:
+        # The transaction runs on the connection's thread (storage/inline.py), where it may
+        # await only its statements: it holds that thread between the two instead.
+        started, go = threading.Event(), threading.Event()
+
+        async def pause() -> None:
+            assert isinstance(go, threading.Event)
+            go.wait(10)
+
+        async def wait_started() -> None:
+            assert isinstance(started, threading.Event)
+            await asyncio.to_thread(started.wait, 10)
+    else:
+        started, go = asyncio.Event(), asyncio.Event()
+
+        async def pause() -> None:
+            assert isinstance(go, asyncio.Event)
+            await go.wait()
+
+        async def wait_started() -> None:
+            assert isinstance(started, asyncio.Event)
+            await started.wait()
 
     async def two_rows(conn: Any) -> None:
         await conn.execute(text("INSERT INTO kv (key, value) VALUES ('first', '1')"))
         started.set()
-        await go.wait()
+        await pause()
         await conn.execute(text("INSERT INTO kv (key, value) VALUES ('second', '2')"))
 
     caller = asyncio.create_task(db.write(two_rows))
-    await started.wait()
+    await wait_started()
     caller.cancel()
     with pytest.raises(asyncio.CancelledError):
         await caller

@@ -14,6 +14,7 @@ from sqlalchemy import exc, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage import Database
+from storage.inline import AwaitedInsideTransaction
 
 _PUT = text("INSERT INTO kv (key, value) VALUES (:key, 'v')")
 
@@ -119,4 +120,37 @@ async def test_reads_go_on_after_a_failing_and_a_cancelled_read(db: Database) ->
         caller.cancel()
     answers = await asyncio.gather(*waiting, return_exceptions=True)
     assert list(answers[1::2]) == ["v"] * 10
+    assert await db.kv.get("a") == "v"
+
+
+async def test_a_call_awaiting_anything_but_its_statements_fails_alone(db: Database) -> None:
+    """A whole batch runs in one hop on the connection's thread (storage/inline.py), where a
+    call may await only its statements: one that awaits something else fails, naming
+    itself, and only its own writes are undone."""
+
+    async def sleeps_after_writing(conn: AsyncConnection) -> None:
+        await conn.execute(_PUT, {"key": "b"})
+        await asyncio.sleep(0)
+
+    async def waits_for_the_loop(conn: AsyncConnection) -> None:
+        await conn.execute(_PUT, {"key": "c"})
+        await asyncio.sleep(0.01)
+
+    results = await asyncio.gather(
+        db.write(put("a")),
+        db.write(sleeps_after_writing),
+        db.write(waits_for_the_loop),
+        db.write(put("d")),
+        return_exceptions=True,
+    )
+
+    assert results[0] == "a" and results[3] == "d"
+    assert isinstance(results[1], AwaitedInsideTransaction)
+    assert "sleeps_after_writing" in str(results[1])
+    assert isinstance(results[2], RuntimeError)
+    assert any("waits_for_the_loop" in note for note in getattr(results[2], "__notes__", []))
+    assert committed_keys(db.path) == {"a", "d"}
+    # A read may await only its statement too; the reader goes on.
+    with pytest.raises(AwaitedInsideTransaction):
+        await db.read(sleeps_after_writing)
     assert await db.kv.get("a") == "v"

@@ -516,11 +516,15 @@ class Delivery:
         if item.kind in ("countdown", "progress"):
             row = None
         else:
-            row = await self._db.outbox.get(item.id)
+            if self._replica is None:
+                row = await self._db.outbox.get(item.id)
+            else:
+                kept = await self._leases.keep_outbox_row(self._replica, item.id)
+                if kept is True:
+                    return _Settled.LOST, None
+                row = kept or None
             if row is None:
                 return _Settled.DONE, None  # cancelled, or done by someone else
-            if self._replica is not None and row.lease_owner != self._replica.id:
-                return _Settled.LOST, None
         if item.kind == "code":
             assert row is not None
             return await self._push_code(row)

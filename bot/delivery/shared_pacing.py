@@ -2,8 +2,9 @@
 
 - Overall: one key holds the earliest time the next counted call may start; a Lua script
   reserves max(now, that, the end of a 429 pause) and moves it on by 1/TELEGRAM_MAX_RPS
-  (with SPACING_MARGIN), so starts over every replica are spaced like one process's:
-  never more than TELEGRAM_MAX_RPS in a second, summed. First come first served, as in
+  (with SHARED_SPACING_MARGIN), so starts over every replica are spaced like one process's:
+  never more than TELEGRAM_MAX_RPS in a second, summed. A replica that wakes late for its
+  start reserves again rather than send late (bot/shared_start.py). First come first served, as in
   one process: a user's answer waits only for the calls reserved before it (each replica
   lets at most delivery's TO_WIRE pushes wait at a time), never for a chat's second.
 - Per chat (pushes only, never the answers to a user's own click): `SET key NX PX 1000`;
@@ -27,7 +28,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from bot.delivery.pacing import Pacer
-from bot.smsman._limiter import SPACING_MARGIN
+from bot.shared_start import late_tolerance, shared_spacing_us, start_on_time
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,8 @@ class SharedPacer(Pacer):
         self._prefix = prefix
         self._next_key = f"{prefix}:next"
         self._pause_key = f"{prefix}:pause"
-        self._spacing_us = int(SPACING_MARGIN / max_rps * 1_000_000)
+        self._spacing_us = shared_spacing_us(max_rps)
+        self._late = late_tolerance(self._spacing_us)
         self._chat_ms = int(per_chat_every * 1000)
         self._reserve = redis.register_script(_RESERVE)
         self._take_chat = redis.register_script(_TAKE_CHAT)
@@ -78,15 +80,14 @@ class SharedPacer(Pacer):
     async def acquire(self) -> None:
         while (wait := self.paused_for()) > 0:  # noqa: ASYNC110 - see Pacer.acquire
             await asyncio.sleep(wait)
+        keys = [self._next_key, self._pause_key]
         try:
-            keys = [self._next_key, self._pause_key]
-            wait_us = int(await self._reserve(keys=keys, args=[self._spacing_us]))
+            await start_on_time(
+                lambda: self._reserve(keys=keys, args=[self._spacing_us]), self._late
+            )
         except RedisError as exc:
             self._unreachable(exc)
             await super().acquire()
-            return
-        if wait_us > 0:
-            await asyncio.sleep(wait_us / 1_000_000)
 
     async def take_chat(self, chat_id: int) -> float:
         try:

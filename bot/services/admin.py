@@ -1,49 +1,41 @@
 """The operator's side: admin commands, the commands menu, alerts, the low-balance watch.
 
-Every `*_command` takes the command's arguments as typed and returns the reply (HTML,
-anything from outside escaped). A malformed command gets a clear reply and changes nothing.
-Wallet moves are keyed by the command message (admin chat + message id), so an update
+Every `*_command` takes the command's arguments as typed and returns what happened as a
+small result type (bot/ui/admin.py renders it). A malformed command is Refused and changes
+nothing. Wallet moves are keyed by the command message (admin chat + message id), so an update
 Telegram hands out twice moves money once.
 """
 
 from __future__ import annotations
 
 import asyncio
-import html
 import logging
 import re
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from decimal import Decimal
+from enum import StrEnum
 from typing import Any
 
 from aiogram import Bot
 from aiogram.exceptions import TelegramAPIError
 from aiogram.types import BotCommand, BotCommandScopeChat, BotCommandScopeDefault
-from aiogram.utils.i18n import I18n, ngettext
+from aiogram.utils.i18n import I18n
 from aiogram.utils.i18n import gettext as _
 
 from bot.delivery.api import Tell
 from bot.locale import SUPPORTED_LOCALES
 from bot.services.access import Access
-from bot.services.money import (
-    MAX_AMOUNT_MINOR,
-    AmountError,
-    PercentError,
-    format_money,
-    format_percent,
-    parse_amount,
-    parse_percent,
-)
+from bot.services.money import AmountError, PercentError, parse_amount, parse_percent
 from bot.services.pricing import Pricing
 from bot.settings import Settings
 from bot.smsman.client import SmsManClient
 from bot.smsman.errors import SmsManError
 from storage.db import Database
 from storage.errors import InsufficientFunds
-from storage.models import LedgerKind, LedgerRow, Order, OrderStatus, User
-from storage.payments import Payment, PaymentStatus, PaymentSummary
+from storage.models import LedgerRow, Order, User
+from storage.payments import Payment, PaymentSummary
 from storage.stats import Summary
 
 log = logging.getLogger(__name__)
@@ -53,7 +45,6 @@ PROVIDER_SHORT_KEY = "provider_balance_alerted"  # a purchase failed on the SMS-
 BALANCE_CHECK_EVERY = 300.0
 DAY = 86400.0
 NOTE_MAX = 200  # characters of a /credit or /debit note kept
-NOTE_SHOWN = 60  # ... and shown by /user
 USER_ORDERS = 5  # orders /user shows
 USER_LEDGER = 10  # ledger rows /user shows
 USER_PAYMENTS = 5  # Stars top-ups /user shows
@@ -112,6 +103,93 @@ class WalletMove:
     held: int
 
 
+class Refusal(StrEnum):
+    """Why an admin command changed nothing."""
+
+    NOT_SHOP = "not_shop"  # wallets and the markup exist only in shop mode
+    USAGE = "usage"
+    BAD_USER_ID = "bad_user_id"
+    BAD_AMOUNT = "bad_amount"
+    BAD_PERCENT = "bad_percent"
+    REPEATED = "repeated"  # this command message was carried out before
+    SHORT = "short"  # /debit: less available than asked (holds cannot be taken)
+    NOT_FOUND = "not_found"  # /user: they never used the bot
+    ADMIN = "admin"  # /ban: admins cannot be banned
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    command: str  # "credit", "debit", "user", "ban", "unban", "markup"
+    reason: Refusal
+    typed: str = ""  # BAD_*: what the admin typed, as typed
+    user_id: int = 0  # SHORT, NOT_FOUND
+    available: int = 0  # SHORT
+
+
+@dataclass(frozen=True, slots=True)
+class Moved:
+    """/credit or /debit carried out."""
+
+    command: str
+    user_id: int
+    amount: int
+    available: int  # their balance after it
+    newcomer: bool  # a credit to someone who has not used the bot yet: the money waits
+
+
+class UserFlag(StrEnum):
+    ADMIN = "admin"
+    NOT_LISTED = "not_listed"  # private mode, not in ALLOWED_USER_IDS
+    BANNED = "banned"
+    BLOCKED = "blocked"  # they blocked the bot
+
+
+@dataclass(frozen=True, slots=True)
+class UserReport:
+    """/user: the last orders always; the wallet, Stars top-ups and ledger in shop mode."""
+
+    user: User
+    flags: tuple[UserFlag, ...]
+    wallet: tuple[int, int] | None  # (available, held); None outside shop mode
+    orders: list[Order]
+    payments: list[Payment]
+    ledger: list[LedgerRow]
+
+
+@dataclass(frozen=True, slots=True)
+class Period:
+    orders: Summary
+    stars: PaymentSummary | None  # shop mode only
+
+
+@dataclass(frozen=True, slots=True)
+class StatsReport:
+    today: Period  # since 00:00 UTC
+    week: Period  # the last 7 days
+    balance: Decimal | None  # SMS-Man's; None: it did not answer
+    markup: Decimal | None  # shop mode only
+    shop: bool
+
+
+@dataclass(frozen=True, slots=True)
+class BanOutcome:
+    user_id: int
+    banned: bool  # what was asked: True for /ban, False for /unban
+    changed: bool  # False: they were so already
+
+
+@dataclass(frozen=True, slots=True)
+class MarkupReport:
+    markup: Decimal
+    changed: bool  # False: /markup alone, which shows it
+    overridden: bool  # set with /markup rather than MARKUP_PERCENT
+    example_cost: int  # a number of this cost at SMS-Man ...
+    example_price: int  # ... sells for this
+
+
+AdminReply = Refused | Moved | UserReport | StatsReport | BanOutcome | MarkupReport
+
+
 @dataclass(frozen=True, slots=True)
 class _Move:
     user_id: int
@@ -142,9 +220,6 @@ class AdminService:
         self._provider_short: bool | None = None  # alerted this crossing? None: not known
         self._tasks: set[asyncio.Task[None]] = set()  # alerts on their way
 
-    def _money(self, minor: int) -> str:
-        return format_money(minor, self._settings.currency)
-
     # -- wallet moves --------------------------------------------------------------------
 
     async def credit(self, user_id: int, amount: int, *, note: str | None, key: str) -> WalletMove:
@@ -164,270 +239,151 @@ class AdminService:
             log.info("admin debit: user %s -%s", user_id, amount)
         return WalletMove(row is not None, available, held)
 
-    def _parse_move(self, command: str, args: str) -> _Move | str:
-        """USER_ID AMOUNT [note], or the reply explaining what is wrong."""
-        usage = _(
-            "Usage: /{command} USER_ID AMOUNT [note]\nExample: /{command} 123456789 150.50"
-        ).format(command=command)
+    def _parse_move(self, command: str, args: str) -> _Move | Refused:
+        """USER_ID AMOUNT [note], or why not."""
         parts = args.split(maxsplit=2)
         if len(parts) < 2:
-            return usage
+            return Refused(command, Refusal.USAGE)
         user_id = parse_user_id(parts[0])
         if user_id is None:
-            return _("“{text}” is not a Telegram user id (digits only).").format(
-                text=_e(parts[0][:32])
-            ) + ("\n" + usage)
+            return Refused(command, Refusal.BAD_USER_ID, typed=parts[0])
         try:
             amount = parse_amount(parts[1])
         except AmountError:
-            return _(
-                "“{text}” is not an amount: write a positive number with at most two "
-                "decimals, up to {max}, e.g. 150 or 99.50."
-            ).format(text=_e(parts[1][:32]), max=self._money(MAX_AMOUNT_MINOR))
+            return Refused(command, Refusal.BAD_AMOUNT, typed=parts[1])
         note = parts[2].strip()[:NOTE_MAX] if len(parts) > 2 else None
         return _Move(user_id, amount, note or None)
 
-    async def credit_command(self, args: str, *, chat_id: int, message_id: int) -> str:
+    async def credit_command(self, args: str, *, chat_id: int, message_id: int) -> Moved | Refused:
         """/credit USER_ID AMOUNT [note]: top up a wallet."""
         if not self._settings.is_shop:
-            return _("Wallets exist only in shop mode (ACCESS_MODE=shop).")
+            return Refused("credit", Refusal.NOT_SHOP)
         move = self._parse_move("credit", args)
-        if isinstance(move, str):
+        if isinstance(move, Refused):
             return move
         known = await self._db.users.get(move.user_id)  # language is set once they write
         result = await self.credit(
             move.user_id, move.amount, note=move.note, key=f"credit:{chat_id}:{message_id}"
         )
         if not result.done:
-            return _("This command was carried out already; nothing changed.")
-        text = _("Credited {amount} to <code>{user}</code>. Their balance: {balance}.").format(
-            amount=self._money(move.amount),
-            user=move.user_id,
-            balance=self._money(result.available),
-        )
-        if known is None or known.language is None:
-            text += "\n" + _("They have not used the bot yet; the money waits for them.")
-        return text
+            return Refused("credit", Refusal.REPEATED)
+        newcomer = known is None or known.language is None
+        return Moved("credit", move.user_id, move.amount, result.available, newcomer)
 
-    async def debit_command(self, args: str, *, chat_id: int, message_id: int) -> str:
+    async def debit_command(self, args: str, *, chat_id: int, message_id: int) -> Moved | Refused:
         """/debit USER_ID AMOUNT [note]: take from a wallet (a correction)."""
         if not self._settings.is_shop:
-            return _("Wallets exist only in shop mode (ACCESS_MODE=shop).")
+            return Refused("debit", Refusal.NOT_SHOP)
         move = self._parse_move("debit", args)
-        if isinstance(move, str):
+        if isinstance(move, Refused):
             return move
         try:
             result = await self.debit(
                 move.user_id, move.amount, note=move.note, key=f"debit:{chat_id}:{message_id}"
             )
         except InsufficientFunds as exc:
-            return _(
-                "Nothing taken: <code>{user}</code> has only {available} available "
-                "(money on hold for waiting orders cannot be taken)."
-            ).format(user=move.user_id, available=self._money(exc.available))
+            return Refused("debit", Refusal.SHORT, user_id=move.user_id, available=exc.available)
         if not result.done:
-            return _("This command was carried out already; nothing changed.")
-        return _("Took {amount} from <code>{user}</code>. Their balance: {balance}.").format(
-            amount=self._money(move.amount),
-            user=move.user_id,
-            balance=self._money(result.available),
-        )
+            return Refused("debit", Refusal.REPEATED)
+        return Moved("debit", move.user_id, move.amount, result.available, newcomer=False)
 
     # -- /user ---------------------------------------------------------------------------
 
-    async def user_command(self, args: str) -> str:
-        """/user USER_ID: flags, wallet, the last orders and ledger rows."""
+    async def user_command(self, args: str) -> UserReport | Refused:
+        """/user USER_ID: flags, wallet, the last orders, Stars top-ups and ledger rows."""
         user_id = parse_user_id(args)
         if user_id is None:
-            return _("Usage: /user USER_ID\nExample: /user 123456789")
+            return Refused("user", Refusal.USAGE)
         user = await self._db.users.get(user_id)
         if user is None:
-            return _("No user <code>{user}</code>: they have never used the bot.").format(
-                user=user_id
-            )
-        lines = [self._user_header(user)]
-        if self._settings.is_shop:
-            available, held = await self._db.wallet.balance(user_id)
-            lines.append(
-                _("Balance: <b>{available}</b>; on hold: {held}").format(
-                    available=self._money(available), held=self._money(held)
-                )
-            )
+            return Refused("user", Refusal.NOT_FOUND, user_id=user_id)
         orders = await self._db.orders.list_for_user(user_id, limit=USER_ORDERS)
-        if orders:
-            lines.append("")
-            lines.append(_("<b>Last orders</b>:"))
-            lines += [_order_line(order) for order in orders]
-        else:
-            lines.append(_("No orders."))
-        if self._settings.is_shop:
-            payments = await self._db.payments.list_for_user(user_id, USER_PAYMENTS)
-            if payments:
-                lines.append("")
-                lines.append(_("<b>Stars top-ups</b>:"))
-                lines += [_payment_line(p, _when(p.created_at)) for p in payments]
-            history = await self._db.wallet.history(user_id, USER_LEDGER)
-            if history:
-                lines.append("")
-                lines.append(_("<b>Last ledger rows</b>:"))
-                lines += [self._ledger_line(row) for row in history]
-        lines.append("")
-        lines.append(_("Times are UTC."))
-        return "\n".join(lines)
+        if not self._settings.is_shop:
+            return UserReport(user, self._flags(user), None, orders, [], [])
+        return UserReport(
+            user,
+            self._flags(user),
+            await self._db.wallet.balance(user_id),
+            orders,
+            await self._db.payments.list_for_user(user_id, USER_PAYMENTS),
+            await self._db.wallet.history(user_id, USER_LEDGER),
+        )
 
-    def _user_header(self, user: User) -> str:
+    def _flags(self, user: User) -> tuple[UserFlag, ...]:
         flags = []
         if self._access.is_admin(user.id):
-            flags.append(_("admin"))
+            flags.append(UserFlag.ADMIN)
         elif not self._settings.is_shop and not self._access.is_listed(user.id):
-            flags.append(_("not in ALLOWED_USER_IDS"))
+            flags.append(UserFlag.NOT_LISTED)
         if user.banned:
-            flags.append(_("banned"))
+            flags.append(UserFlag.BANNED)
         if user.blocked:
-            flags.append(_("blocked the bot"))
-        header = _("<b>User</b> <code>{user}</code>, first seen {date}").format(
-            user=user.id, date=_when(user.first_seen)
-        )
-        if flags:
-            header += " — " + ", ".join(flags)
-        return header
-
-    def _ledger_line(self, row: LedgerRow) -> str:
-        amount = ("+" if row.amount > 0 else "") + self._money(row.amount)
-        line = f"{_when(row.created_at)} {_kind_label(row.kind)} {amount}"
-        if row.order_id is not None:
-            line += f" #{row.order_id}"
-        if row.note:
-            note = row.note if len(row.note) <= NOTE_SHOWN else row.note[: NOTE_SHOWN - 1] + "…"
-            line += f" — {_e(note)}"
-        return line
+            flags.append(UserFlag.BLOCKED)
+        return tuple(flags)
 
     # -- /stats --------------------------------------------------------------------------
 
-    async def stats_command(self, now: float | None = None) -> str:
+    async def stats_command(self, now: float | None = None) -> StatsReport:
         """/stats: today (since 00:00 UTC) and the last 7 days, and the SMS-Man balance."""
         now = time.time() if now is None else now
-        today = await self._db.stats.summary(now - now % DAY)
-        week = await self._db.stats.summary(now - 7 * DAY)
-        lines = [_("<b>Today</b> (since 00:00 UTC)")]
-        lines += self._summary_lines(today)
-        lines += await self._payment_lines(now - now % DAY)
-        lines += ["", _("<b>Last 7 days</b>")]
-        lines += self._summary_lines(week)
-        lines += await self._payment_lines(now - 7 * DAY)
+        today = await self._period(now - now % DAY)
+        week = await self._period(now - 7 * DAY)
+        balance: Decimal | None
         try:
             balance = (await self._client.get_balance()).balance
         except SmsManError as exc:
             log.warning("stats: balance unavailable: %s", exc.code)
-            shown = _("unavailable")
+            balance = None
         else:
             await self._note_balance(balance)
-            shown = f"{balance:.2f}"
-        lines += ["", _("SMS-Man balance: <b>{balance}</b>").format(balance=_e(shown))]
-        if self._settings.is_shop:
-            lines.append(_("Markup: {markup}%").format(markup=format_percent(self._pricing.markup)))
-        return "\n".join(lines)
+        shop = self._settings.is_shop
+        markup = self._pricing.markup if shop else None
+        return StatsReport(today, week, balance, markup, shop)
 
-    def _summary_lines(self, s: Summary) -> list[str]:
-        share = (s.with_code * 100 + s.created // 2) // s.created if s.created else 0
-        lines = [
-            ngettext(
-                "{n} order; {with_code} got a code ({share}%)",
-                "{n} orders; {with_code} got a code ({share}%)",
-                s.created,
-            ).format(n=s.created, with_code=s.with_code, share=share),
-            _("Open: {open}; cancelled: {cancelled}; expired: {expired}; failed: {failed}").format(
-                open=s.open, cancelled=s.cancelled, expired=s.expired, failed=s.failed
-            ),
-        ]
-        if self._settings.is_shop:
-            lines.append(
-                _("Refunds: {count} ({amount})").format(
-                    count=s.refunds, amount=self._money(s.refunded)
-                )
-            )
-            lines.append(
-                _("Sales: {count}; revenue {revenue}; cost {cost}; margin {margin}").format(
-                    count=s.sales,
-                    revenue=self._money(s.revenue),
-                    cost=self._money(s.cost),
-                    margin=self._money(s.margin),
-                )
-            )
-        return lines
-
-    async def _payment_lines(self, since: float) -> list[str]:
-        if not self._settings.is_shop:
-            return []
-        summary = await self._db.payments.summary(since)
-        return [_stars_summary_line(summary, self._settings.currency)]
+    async def _period(self, since: float) -> Period:
+        orders = await self._db.stats.summary(since)
+        stars = await self._db.payments.summary(since) if self._settings.is_shop else None
+        return Period(orders, stars)
 
     # -- /ban, /unban --------------------------------------------------------------------
 
-    async def ban_command(self, args: str, *, banned: bool) -> str:
+    async def ban_command(self, args: str, *, banned: bool) -> BanOutcome | Refused:
         """/ban USER_ID or /unban USER_ID. A ban may come before the user ever wrote."""
+        command = "ban" if banned else "unban"
         user_id = parse_user_id(args)
         if user_id is None:
-            if banned:
-                return _("Usage: /ban USER_ID\nExample: /ban 123456789")
-            return _("Usage: /unban USER_ID\nExample: /unban 123456789")
+            return Refused(command, Refusal.USAGE)
         if banned and self._access.is_admin(user_id):
-            return _("Admins cannot be banned (they are listed in ADMIN_IDS).")
+            return Refused(command, Refusal.ADMIN, user_id=user_id)
         changed = await self._db.users.set_banned(user_id, banned)
         if changed:
             log.info("user %s %s", user_id, "banned" if banned else "unbanned")
-        if banned:
-            return (
-                _("<code>{user}</code> is banned: every message and button is refused.")
-                if changed
-                else _("<code>{user}</code> was banned already.")
-            ).format(user=user_id)
-        return (
-            _("<code>{user}</code> is unbanned.")
-            if changed
-            else _("<code>{user}</code> was not banned.")
-        ).format(user=user_id)
+        return BanOutcome(user_id, banned, changed)
 
     # -- /markup -------------------------------------------------------------------------
 
-    async def markup_command(self, args: str) -> str:
+    async def markup_command(self, args: str) -> MarkupReport | Refused:
         """/markup PERCENT stores the markup (it overrides MARKUP_PERCENT, also after a
         restart); /markup alone shows it; /markup reset returns to MARKUP_PERCENT."""
         if not self._settings.is_shop:
-            return _("The markup applies only in shop mode (ACCESS_MODE=shop).")
+            return Refused("markup", Refusal.NOT_SHOP)
         text = args.strip()
-        if not text:
-            current = (
-                _("Markup: {markup}% (set with /markup).")
-                if self._pricing.overridden
-                else _("Markup: {markup}% (MARKUP_PERCENT).")
-            ).format(markup=format_percent(self._pricing.markup))
-            return (
-                current
-                + "\n"
-                + _(
-                    "Change it: /markup PERCENT, e.g. /markup 15; back to MARKUP_PERCENT: "
-                    "/markup reset"
-                )
-            )
         if text.lower() == "reset":
             await self._pricing.reset_markup()
-        else:
+        elif text:
             try:
                 percent = parse_percent(text)
             except PercentError:
-                return _(
-                    "“{text}” is not a markup: write a number from 0 to 1000 with at most "
-                    "two decimals, e.g. /markup 12.5"
-                ).format(text=_e(text[:32]))
+                return Refused("markup", Refusal.BAD_PERCENT, typed=text)
             await self._pricing.set_markup(percent)
-        log.info("markup set to %s%%", self._pricing.markup)
-        return _(
-            "Markup: {markup}%. A number that costs {cost} at SMS-Man now sells for {price}."
-        ).format(
-            markup=format_percent(self._pricing.markup),
-            cost=self._money(EXAMPLE_COST),
-            price=self._money(self._pricing.price(EXAMPLE_COST)),
+        if text:
+            log.info("markup set to %s%%", self._pricing.markup)
+        return MarkupReport(
+            markup=self._pricing.markup,
+            changed=bool(text),
+            overridden=self._pricing.overridden,
+            example_cost=EXAMPLE_COST,
+            example_price=self._pricing.price(EXAMPLE_COST),
         )
 
     # -- the commands menu ---------------------------------------------------------------
@@ -566,72 +522,3 @@ class AdminService:
 
 def _locale_of(user: User | None) -> str:
     return user.language if user and user.language in SUPPORTED_LOCALES else "en"
-
-
-def _when(ts: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M", time.gmtime(ts))
-
-
-def _kind_label(kind: LedgerKind) -> str:
-    labels = {
-        LedgerKind.CREDIT: _("credit"),
-        LedgerKind.DEBIT: _("debit"),
-        LedgerKind.HOLD: _("hold"),
-        LedgerKind.CAPTURE: _("capture"),
-        LedgerKind.RELEASE: _("release"),
-    }
-    return labels[kind]
-
-
-def _order_line(order: Order) -> str:
-    price = format_money(order.price or order.cost, order.currency)
-    return (
-        f"#{order.id} {_when(order.created_at)} {_e(order.service_title)}, "
-        f"{_e(order.country_title)}: {_status_label(order.status)} — {price}"
-    )
-
-
-def _e(value: object) -> str:
-    return html.escape(str(value), quote=False)
-
-
-def _status_label(status: OrderStatus) -> str:
-    labels = {
-        OrderStatus.PURCHASING: _("buying…"),
-        OrderStatus.WAITING: _("waiting for the SMS"),
-        OrderStatus.RECEIVED: _("code received"),
-        OrderStatus.FINISHED: _("finished"),
-        OrderStatus.CANCELLED: _("cancelled, not charged"),
-        OrderStatus.EXPIRED: _("expired, not charged"),
-        OrderStatus.FAILED: _("failed, not charged"),
-    }
-    return labels[status]
-
-
-def _payment_status_label(status: PaymentStatus) -> str:
-    labels = {
-        PaymentStatus.CREDITED: _("credited"),
-        PaymentStatus.REFUNDING: _("refund in progress"),
-        PaymentStatus.REFUNDED: _("refunded"),
-    }
-    return labels[status]
-
-
-def _payment_line(payment: Payment, when: str) -> str:
-    amount = format_money(payment.amount, payment.currency)
-    return (
-        f"{when} {payment.stars} ⭐ → {amount}: "
-        f"{_payment_status_label(payment.status)} — <code>{_e(payment.charge_id)}</code>"
-    )
-
-
-def _stars_summary_line(summary: PaymentSummary, currency: str) -> str:
-    return _(
-        "Stars top-ups: {count} ({stars} Stars, {amount}); refunded: {refunds} ({refunded})"
-    ).format(
-        count=summary.topups,
-        stars=summary.topup_stars,
-        amount=format_money(summary.topped_up, currency),
-        refunds=summary.refunds,
-        refunded=format_money(summary.refunded, currency),
-    )

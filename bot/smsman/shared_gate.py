@@ -6,8 +6,10 @@ then takes two things from Redis before a call starts:
   SMSMAN_MAX_CONCURRENCY live members. Released after the call; a killed replica's slots
   expire after `lease` seconds (longer than any call may take) and come back.
 - a start time: one key holds the earliest time the next call may start; a Lua script
-  reserves max(now, that) and moves it on by 1/SMSMAN_MAX_RPS, so starts over every
-  replica are spaced like one process's (never more than max_rps in any second).
+  reserves max(now, that) and moves it on by 1/SMSMAN_MAX_RPS (with SHARED_SPACING_MARGIN),
+  so starts over every replica are spaced like one process's (never more than max_rps in
+  any second). A replica that wakes late for its start reserves again rather than call
+  late (bot/shared_start.py).
 Both scripts read Redis's clock, so the replicas' clocks do not matter.
 """
 
@@ -23,7 +25,9 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from ._limiter import SPACING_MARGIN, CallGate
+from bot.shared_start import late_tolerance, shared_spacing_us, start_on_time
+
+from ._limiter import CallGate
 from .errors import ProviderUnavailable
 
 log = logging.getLogger(__name__)
@@ -69,7 +73,8 @@ class SharedCallGate:
         self._slots_key = f"{prefix}:slots"
         self._next_key = f"{prefix}:next"
         self._max = max_concurrency
-        self._interval_us = int(SPACING_MARGIN / max_rps * 1_000_000)
+        self._interval_us = shared_spacing_us(max_rps)
+        self._late = late_tolerance(self._interval_us)
         self._lease_ms = int(lease * 1000)
         self._take_slot = redis.register_script(_TAKE_SLOT)
         self._reserve_start = redis.register_script(_RESERVE_START)
@@ -91,11 +96,10 @@ class SharedCallGate:
                 # Another replica's release is not signalled here: try again shortly.
                 await asyncio.sleep(SLOT_RETRY * random.uniform(0.5, 1.5))
             try:
-                wait_us = int(
-                    await self._reserve_start(keys=[self._next_key], args=[self._interval_us])
+                await start_on_time(
+                    lambda: self._reserve_start(keys=[self._next_key], args=[self._interval_us]),
+                    self._late,
                 )
-                if wait_us > 0:
-                    await asyncio.sleep(wait_us / 1_000_000)
             except BaseException:
                 self._forget(slot)
                 raise

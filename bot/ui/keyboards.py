@@ -1,9 +1,11 @@
-"""Inline keyboards, built with aiogram's InlineKeyboardBuilder.
+"""Inline keyboards, built with aiogram's InlineKeyboardBuilder (the pages of countries and
+services as rows of buttons directly: the builder copies its buttons on every add, ~2 ms
+for a country page).
 
 Menus repeat, so the navigation keyboards are memoised (LRU) by everything they show and
-the current locale: the builder copies its buttons on every add, ~2 ms for a country page
-(bench/menu.py), paid once per distinct page instead of on every click. A keyboard is never
-modified once built: aiogram only serialises it.
+the current locale, paid once per distinct page instead of on every click. A keyboard is
+never modified once built (aiogram only serialises it), so the session also encodes it
+once (bot/telegram_session.py: share).
 """
 
 from __future__ import annotations
@@ -15,13 +17,14 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from aiogram.filters.callback_data import CallbackData
-from aiogram.types import InlineKeyboardMarkup
+from aiogram.types import InlineKeyboardButton, InlineKeyboardMarkup
 from aiogram.utils.i18n import get_i18n
 from aiogram.utils.i18n import gettext as _
 from aiogram.utils.keyboard import InlineKeyboardBuilder
 
 from bot.services.catalogue import CountryItem, ServiceItem
 from bot.services.money import format_money
+from bot.telegram_session import share
 from bot.ui.callbacks import (
     BuyCb,
     CountryCb,
@@ -65,19 +68,20 @@ def paginate(items: Sequence[T], page: int, size: int) -> tuple[Sequence[T], Pag
     return items[page * size : (page + 1) * size], Page(page, count)
 
 
-def _pager(kb: InlineKeyboardBuilder, pg: Page, to_page: Callable[[int], CallbackData]) -> int:
-    """‹ Back, n/N, Next ›: the buttons a page needs; returns how many it added."""
-    added = 0
+def _button(text: str, data: CallbackData) -> InlineKeyboardButton:
+    return InlineKeyboardButton(text=text, callback_data=data.pack())
+
+
+def _nav_row(pg: Page, to_page: Callable[[int], CallbackData]) -> list[list[InlineKeyboardButton]]:
+    """‹ Back, n/N, Next ›: the row a page needs (none for a single page)."""
+    row = []
     if pg.has_prev:
-        kb.button(text="‹ " + _("Back"), callback_data=to_page(pg.number - 1))
-        added += 1
+        row.append(_button("‹ " + _("Back"), to_page(pg.number - 1)))
     if pg.count > 1:
-        kb.button(text=f"{pg.number + 1}/{pg.count}", callback_data=to_page(pg.number))
-        added += 1
+        row.append(_button(f"{pg.number + 1}/{pg.count}", to_page(pg.number)))
     if pg.has_next:
-        kb.button(text=_("Next") + " ›", callback_data=to_page(pg.number + 1))
-        added += 1
-    return added
+        row.append(_button(_("Next") + " ›", to_page(pg.number + 1)))
+    return [row] if row else []
 
 
 _memo: OrderedDict[tuple[Hashable, ...], InlineKeyboardMarkup] = OrderedDict()
@@ -99,7 +103,7 @@ def _memoized(
     if markup is not None:
         _memo.move_to_end(full)
         return markup
-    markup = build()
+    markup = share(build())
     _memo[full] = markup
     if len(_memo) > MEMO_SIZE:
         _memo.popitem(last=False)
@@ -175,17 +179,16 @@ def _countries(
     *,
     filtered: bool,
 ) -> InlineKeyboardMarkup:
-    kb = InlineKeyboardBuilder()
+    buttons = []
     for item, price in zip(shown, prices, strict=True):
         label = f"{item.flag} {item.title_in(locale)}"
         if price is not None:
             label += " · " + _("from {price}").format(price=format_money(price, currency))
-        kb.button(text=label, callback_data=CountryCb(country=item.id))
-    sizes = [2] * (len(shown) // 2) + [1] * (len(shown) % 2)
-    nav = _pager(kb, pg, lambda n: CountryPageCb(page=n, filtered=filtered))
-    _home_button(kb)
-    kb.adjust(*sizes, *([nav] if nav else []), 1)
-    return kb.as_markup()
+        buttons.append(_button(label, CountryCb(country=item.id)))
+    rows = [buttons[i : i + 2] for i in range(0, len(buttons), 2)]
+    nav = _nav_row(pg, lambda n: CountryPageCb(page=n, filtered=filtered))
+    home = _button(_("🏠 Menu"), MenuCb(action=MenuAction.HOME))
+    return InlineKeyboardMarkup(inline_keyboard=[*rows, *nav, [home]])
 
 
 def services(
@@ -214,17 +217,18 @@ def _services(
     *,
     filtered: bool,
 ) -> InlineKeyboardMarkup:
-    kb = InlineKeyboardBuilder()
-    for item, minor in zip(shown, prices, strict=True):
-        price = format_money(minor, currency)
-        kb.button(
-            text=f"{item.title} · {price} · {item.count}",
-            callback_data=ServiceCb(country=country_id, service=item.id),
-        )
-    nav = _pager(kb, pg, lambda n: ServicePageCb(country=country_id, page=n, filtered=filtered))
-    kb.button(text="↩ " + _("Countries"), callback_data=MenuCb(action=MenuAction.BUY))
-    kb.adjust(*([1] * len(shown)), *([nav] if nav else []), 1)
-    return kb.as_markup()
+    rows = [
+        [
+            _button(
+                f"{item.title} · {format_money(minor, currency)} · {item.count}",
+                ServiceCb(country=country_id, service=item.id),
+            )
+        ]
+        for item, minor in zip(shown, prices, strict=True)
+    ]
+    nav = _nav_row(pg, lambda n: ServicePageCb(country=country_id, page=n, filtered=filtered))
+    back = _button("↩ " + _("Countries"), MenuCb(action=MenuAction.BUY))
+    return InlineKeyboardMarkup(inline_keyboard=[*rows, *nav, [back]])
 
 
 def confirm(
@@ -233,16 +237,21 @@ def confirm(
     """Buy with the quote (provider cost and the price shown); `multi` (MULTIPLE_SMS):
     every number takes several SMS, otherwise a second button lets the user ask for it."""
 
+    key = ("confirm", country_id, service_id, cost, price, multi)
+    return _memoized(key, lambda: _confirm(country_id, service_id, cost, price, multi=multi))
+
+
+def _confirm(
+    country_id: int, service_id: int, cost: int, price: int, *, multi: bool
+) -> InlineKeyboardMarkup:
     def buy(several: bool) -> BuyCb:
         return BuyCb(country=country_id, service=service_id, cost=cost, price=price, multi=several)
 
-    kb = InlineKeyboardBuilder()
-    kb.button(text="✅ " + _("Buy"), callback_data=buy(multi))
+    rows = [[_button("✅ " + _("Buy"), buy(multi))]]
     if not multi:
-        kb.button(text="🔁 " + _("Buy (several SMS)"), callback_data=buy(True))
-    kb.button(text="↩ " + _("Services"), callback_data=ServicePageCb(country=country_id, page=0))
-    kb.adjust(1)
-    return kb.as_markup()
+        rows.append([_button("🔁 " + _("Buy (several SMS)"), buy(True))])
+    rows.append([_button("↩ " + _("Services"), ServicePageCb(country=country_id, page=0))])
+    return InlineKeyboardMarkup(inline_keyboard=rows)
 
 
 def order_card(order: Order) -> InlineKeyboardMarkup | None:
