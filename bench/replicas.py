@@ -19,8 +19,11 @@ per second against the ideal, the busiest second of get-sms at the fake SMS-Man,
 seconds of the replicas, and the load average (the machine is shared: figures are noisy).
 
 Aims: p99 <= interval + 0.5 s at every N and replica count, every code delivered once,
-and the get-sms rate within 5 % of N / interval (replicas that each polled every order
-would show R times the ideal). Exit status 1 when an aim is missed.
+and the replicas splitting the polls rather than repeating them: a get-sms rate at most
+5 % above the higher of N / interval and the rate one replica showed at that N (the poll
+schedule itself may poll a little faster than the interval), and at most 5 % below
+N / interval. Replicas that each polled every order would show R times it. Exit status 1
+when an aim is missed.
 
 Needs PostgreSQL (`--database-url`, default TEST_DATABASE_URL or the local test server;
 each run makes and drops a database of its own) and Redis (`--redis-url`).
@@ -69,6 +72,7 @@ class Run:
     seconds: float
     load: tuple[float, float, float]
     loop_lag: str
+    baseline: float = 0.0  # one replica's get-sms rate at this N (0: not measured)
 
     @property
     def ideal(self) -> float:
@@ -84,8 +88,9 @@ class Run:
             found.append(f"p99 {self.p99:.2f}s > {self.interval + 0.5:g}s")
         if self.undelivered or self.twice:
             found.append(f"{self.undelivered} codes undelivered, {self.twice} twice")
-        if abs(self.rate / self.ideal - 1) > 0.05:
-            found.append(f"get-sms {self.rate:.1f}/s not within 5% of {self.ideal:.1f}/s")
+        most = 1.05 * max(self.ideal, self.baseline)
+        if not 0.95 * self.ideal <= self.rate <= most:
+            found.append(f"get-sms {self.rate:.1f}/s outside {0.95 * self.ideal:.1f}-{most:.1f}/s")
         return found
 
     def line(self) -> str:
@@ -253,12 +258,17 @@ async def main() -> int:
     args = parser.parse_args()
     print(
         f"interval {args.interval:g}s, {args.latency * 1000:.0f} ms per SMS-Man call, codes over"
-        f" {args.spread:g}s; aim p99 <= {args.interval + 0.5:g}s, get-sms within 5% of ideal"
+        f" {args.spread:g}s; aims: p99 <= {args.interval + 0.5:g}s, get-sms at most 5% over"
+        " one replica's or the ideal, at most 5% under the ideal"
     )
     missed = False
     for n in args.n:
+        one_replica = 0.0
         for replicas in args.replicas:
             result = await run(n, replicas, args)
+            if replicas == 1:
+                one_replica = result.rate
+            result.baseline = one_replica
             print(result.line(), flush=True)
             print(f"  this process's event loop (the fakes' stamps): {result.loop_lag}")
             missed |= bool(result.misses())
