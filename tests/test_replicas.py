@@ -13,7 +13,7 @@ the judged figure and counted in the raw one (tests/replicas.py, StallWatch). Th
 are printed (`pytest -s`) and shown in the run's summary.
 
 Needs PostgreSQL (TEST_DATABASE_URL) and Redis (127.0.0.1:6379): skipped visibly without
-them, failed instead with REQUIRE_POSTGRES=1 / REQUIRE_REDIS=1. About 2.5 minutes.
+them, failed instead with REQUIRE_POSTGRES=1 / REQUIRE_REDIS=1. About 3 minutes.
 """
 
 from __future__ import annotations
