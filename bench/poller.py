@@ -118,13 +118,20 @@ class Run:
 
 
 async def make_orders(
-    folder: Path, smsman: FakeSmsMan, n: int, *, first: int = 0, expires_in: float = 1200
+    folder: Path,
+    smsman: FakeSmsMan,
+    n: int,
+    *,
+    first: int = 0,
+    expires_in: float = 1200,
+    database_url: str | None = None,
 ) -> list[int]:
     """N waiting orders, each with its own user (1_000_000 + first + i) and SMS-Man
-    request, running out in `expires_in` seconds; returns request ids."""
+    request, running out in `expires_in` seconds, in `folder`'s SQLite file or in
+    `database_url`; returns request ids."""
     smsman.set_price(1, 1, "10.00", 10 * n + 10)
     smsman.balance = Decimal(10**9)
-    db = await Database.open(folder / "bot.sqlite3")
+    db = await Database.open(database_url or folder / "bot.sqlite3")
     requests: list[int] = []
     try:
         async with SmsManClient(smsman.url, smsman.token, max_concurrency=20, max_rps=1000) as c:
