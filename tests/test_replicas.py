@@ -23,6 +23,7 @@ import bisect
 import contextlib
 import os
 import random
+import signal
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -80,6 +81,25 @@ class Run:
                         after = self.rng.uniform(0.5, ACTIVATION_TIMEOUT * 1.2)
                         self.smsman.schedule_code(request_id, after=after)
             await asyncio.sleep(0.1)
+
+    async def stuck_watch(self) -> None:
+        """An update a replica held past the webhook's timeout: every replica logs its
+        tasks' stacks (bot/diagnostics.py), so the log says what the handler waits for."""
+        seen = 0
+        dumps = 0
+        while dumps < 3:
+            await asyncio.sleep(1.0)
+            posts = self.telegram.webhook_posts
+            late = [p for p in posts[seen:] if p.status is None and "imeout" in p.error]
+            seen = len(posts)
+            if late:
+                dumps += 1
+                self.actions["stacks dumped (an update timed out)"] += 1
+                for replica in self.cluster.up:
+                    if replica.pid is not None:
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(replica.pid, signal.SIGUSR1)
+                await asyncio.sleep(15.0)
 
     async def killer(self) -> None:
         """Every KILL_EVERY seconds a random running replica is SIGKILLed, then started
@@ -216,6 +236,7 @@ async def test_replicas_lose_nothing_while_killed(
             run.phases["replicas ready"] = time.monotonic() - started
             run.stop_at = time.monotonic() + STRESS_SECONDS
             tasks.append(asyncio.create_task(run.codes_appear()))
+            tasks.append(asyncio.create_task(run.stuck_watch()))
             stress = [
                 asyncio.create_task(run.killer()),
                 *(asyncio.create_task(run.shopper(user)) for user in users),

@@ -88,7 +88,7 @@ async def test_a_replica_late_every_time_still_starts(
 
 
 def test_the_tolerance_is_one_spacing_at_most() -> None:
-    assert late_tolerance(shared_spacing_us(100.0)) == pytest.approx(0.0105)
+    assert late_tolerance(shared_spacing_us(100.0)) == pytest.approx(0.011)
     assert late_tolerance(shared_spacing_us(2.0)) == shared_start.LATE
 
 
