@@ -62,6 +62,7 @@ PSEUDO_ORDERS = 10.0  # weight of the parent curve, in orders watched through ea
 GUARANTEE_FACTOR = 4.0
 TAIL_SHARE = 1.0  # the floor's gap, as a share of the fixed rate's gap (N / polls a second)
 TAIL_CHANCE = 0.01  # below this chance of a code within the floor's gap: hopeless, no floor
+GOLDEN = (math.sqrt(5) - 1) / 2  # steps of it spread the phases evenly
 RATE_WINDOW = 30.0  # seconds of polls the fixed rate's gap is measured over
 RESCORE_EVERY = 0.5
 
@@ -225,6 +226,8 @@ class _Waiting:
     deadline: float
     last_poll: float
     watched_since: float  # the guarantee counts from here (this process's first sight)
+    # Where in the first gap the floor of an order found at start falls (0 to 1).
+    phase: float = 0.0
 
 
 class PollPolicy:
@@ -269,7 +272,8 @@ class PollPolicy:
             known.key, known.bought_at, known.deadline = key, bought_at, deadline
             return
         since = bought_at if unseen_since is None else unseen_since
-        self._waiting[order_id] = _Waiting(key, bought_at, deadline, bought_at, since)
+        phase = (order_id * GOLDEN) % 1.0  # spread evenly whatever the ids
+        self._waiting[order_id] = _Waiting(key, bought_at, deadline, bought_at, since, phase)
 
     def polled(self, order_id: int, at: float) -> None:
         """A step for the order started (it asks SMS-Man once)."""
@@ -350,7 +354,12 @@ class PollPolicy:
         seen = known.last_poll - known.bought_at
         if self.model.curve(known.key).chance(seen, seen + gap) < TAIL_CHANCE:
             return math.inf
-        return max(known.last_poll, known.watched_since) + gap
+        if known.last_poll < known.watched_since:
+            # Not polled since this process found it (at start): the fixed rate's first
+            # sweep reaches such orders one after another over a gap, and so do their
+            # floors, rather than all at once a gap after the start.
+            return known.watched_since + known.phase * gap
+        return known.last_poll + gap
 
     def score(self, order_id: int, now: float) -> float:
         """Expected gain of polling the order now: how long its code has probably been

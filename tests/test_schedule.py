@@ -353,3 +353,24 @@ def test_while_nothing_waits_an_interval_past_its_time_the_earliest_due_goes_fir
     assert policy.score(1, now) > policy.score(2, now)
     ready = {1: _Ready(now), 2: _Ready(now - 1)}
     assert policy.choose(ready, now) == 2
+
+
+def test_at_start_the_floors_come_due_spread_over_one_gap_not_all_at_once() -> None:
+    """Orders found at start (when each was last polled is unknown): the fixed rate's first
+    sweep reaches them one after another over N/B seconds; their floors come due alike,
+    so the floor does not take the whole budget a gap after the start."""
+    now = 10_000.0
+    policy = make_policy(5.0, warm_model(random.Random(2), 2000))
+    for i in range(400):
+        bought = now - LIFETIME + i * 3.0
+        policy.track(i, key=KEY, bought_at=bought, deadline=bought + LIFETIME, unseen_since=now)
+    gap = policy.fixed_gap(now)
+    assert gap == 400 / 5.0  # no polls made yet: the cap's rate
+    floors = [policy.floor_by(i, now) for i in range(400)]
+    due = sorted(at - now for at in floors if at < math.inf)
+    assert len(due) > 250  # those that may still get a code
+    assert due[0] >= 0
+    assert due[-1] <= gap
+    for k in range(10):  # about a tenth of them in each tenth of the gap
+        share = sum(1 for at in due if k * gap / 10 <= at < (k + 1) * gap / 10) / len(due)
+        assert 0.05 < share < 0.15, (k, share)
