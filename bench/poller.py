@@ -191,7 +191,7 @@ def busiest_second(times: list[float], stalls: list[tuple[float, float]] | None 
 
 
 STAMP_SETTLE = 0.2  # seconds after a stall whose stamps may still be bunched by it
-STALL = 0.05  # a late wake-up of this process's loop this long counts as a stall
+STALL = 0.02  # a late wake-up of this process's loop this long counts as a stall
 
 
 class StallLog(LoopLag):
