@@ -7,8 +7,9 @@ says which goes next:
 
 1. Anything that is not a routine poll of a waiting order (a deadline, a retry after a
    failure, a code to deliver again, a user's "another code") goes first, earliest due.
-   While no due order has waited a whole interval past its time, the budget keeps up:
-   the earliest due goes next, as under the fixed rate.
+   While no due order has waited a whole interval past its time and those due can all
+   go within one, the budget keeps up: the earliest due goes next, as under the fixed
+   rate.
 2. The guarantees: an order not polled for `GUARANTEE_FACTOR` x max(interval, N/B)
    seconds (N waiting orders, B = SMSMAN_MAX_RPS), less a safety margin, or not yet
    polled in the last moments before its deadline, goes next, earliest first.
@@ -341,8 +342,9 @@ class PollPolicy:
         while polls and polls[0] < now - RATE_WINDOW:
             polls.popleft()
         rate = self.max_rps
-        if len(polls) >= 2:
-            rate = min(rate, len(polls) / max(now - polls[0], 1.0))
+        if len(polls) >= 2 and now - polls[0] >= RATE_WINDOW / 2:
+            # Measured once there are enough polls to tell (at start: the cap's rate).
+            rate = min(rate, len(polls) / (now - polls[0]))
         return max(self.interval, self.waiting / rate)
 
     def floor_by(self, order_id: int, now: float) -> float:
@@ -388,9 +390,9 @@ class PollPolicy:
         if urgent is not None:
             return urgent[1]
         assert earliest is not None
-        if earliest[0] > now - self.interval:
-            # Nothing waited a whole interval past its time: the budget keeps up with the
-            # fixed rate, so poll as it does (the earliest due first).
+        if earliest[0] > now - self.interval and len(ready) <= self.max_rps * self.interval:
+            # Nothing waited a whole interval past its time, and those due go within one:
+            # the budget keeps up with the fixed rate, so poll as it does (earliest first).
             return earliest[1]
         if now >= self._next_rescore:
             self._rescore(ready, now)
