@@ -47,19 +47,25 @@ Printed per scheduler: mean, p90, p99, max delay from code available at the fake
 to the message at the fake Telegram; SMS-Man calls per second over the window (all
 methods, and get-sms alone) and the busiest one-second window of calls over the whole run;
 bot CPU seconds. Aims: learned mean <= half of fixed, p99 no worse, never above the cap.
-About 6 minutes per scheduler. A yardstick for the mean: a schedule that knows an order's
-age and kind, however clever, polls each at a rate it picks; with this mix the best such
-rates for the mean alone (each order's rate proportional to the square root of its chance
-of a code per second) give x0.63 of the fixed rate's mean (x0.49 with sigma 0.5), so
-"half" is out of reach at sigma 1; keeping the p99 costs a little more of the mean. The
-busiest second is counted from the fake's arrival stamps: a stall of this process's loop
-(printed) bunches them, so it can exceed the cap the bot's gate kept.
+About 6 minutes per scheduler; `--seed` picks the draw (report several). The yardstick
+printed: no schedule knows more of an order than its age and that no code came by its
+last poll, so it can only pick a poll rate per age; the best rates for the mean alone
+(each proportional to the square root of the hazard, `yardstick`) give about x0.63 of
+the fixed rate's mean on this mix, x0.65 with the 4x guarantee (x0.49 / x0.52 with sigma
+0.5): "half" is out of reach at sigma 1. Keeping the p99 too costs more (about x0.7,
+computed apart: most waiting orders are minutes old and may still get a late code, and
+the floor that keeps those as quick as under the fixed rate takes most of the budget).
+The busiest second is counted from the fake's arrival stamps: a stall of this process's
+loop bunches them (calls that arrived during it are stamped together when it ends), so
+it can exceed the cap the bot's gate kept; the aim counts only seconds clear of stalls
+over 50 ms (both figures printed).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import math
 import random
 import sys
@@ -171,14 +177,47 @@ async def make_orders(
     return requests
 
 
-def busiest_second(times: list[float]) -> int:
+def busiest_second(times: list[float], stalls: list[tuple[float, float]] | None = None) -> int:
+    """Most stamps in any one-second window. With `stalls` (start, end) of this process's
+    loop, only windows clear of them count: calls that reached the fake during a stall
+    are stamped together when it ends, a bunch the bot's gate did not send."""
     times = sorted(times)
+    starts = [start for start, _end in stalls or []]
+    ends = [end for _start, end in stalls or []]
     best, j = 0, 0
     for i, t in enumerate(times):
         while times[j] <= t - 1.0:
             j += 1
+        if stalls:
+            # The last stall that started before the window's end (stalls do not overlap).
+            k = bisect.bisect_left(starts, t)
+            if k and ends[k - 1] + STAMP_SETTLE > t - 1.0:
+                continue
         best = max(best, i - j + 1)
     return best
+
+
+STAMP_SETTLE = 0.2  # seconds after a stall whose stamps may still be bunched by it
+STALL = 0.02  # a late wake-up of this process's loop this long counts as a stall
+
+
+class StallLog(LoopLag):
+    """LoopLag that also says when each stall (> STALL seconds) was, on the monotonic
+    clock the fakes stamp calls with."""
+
+    def __init__(self, interval: float) -> None:
+        super().__init__(interval)
+        self.stalls: list[tuple[float, float]] = []
+
+    async def _run(self) -> None:
+        while True:
+            before = time.monotonic()
+            await asyncio.sleep(self.interval)
+            after = time.monotonic()
+            lag = after - before - self.interval
+            self.lags.append(lag)
+            if lag > STALL:
+                self.stalls.append((after - lag, after))
 
 
 async def run(
@@ -331,11 +370,48 @@ class Mix:
         uniform = 0.15 * min(1.0, max(0.0, (900 - age) / 780))
         return 0.25 + lognormal + uniform
 
+    def density(self, age: float) -> float:
+        """The chance per second that an order's first code comes at `age`."""
+        lognormal = 0.0
+        if age > 0:
+            z = math.log(age / self.median) / self.sigma
+            lognormal = 0.6 * math.exp(-z * z / 2) / (age * self.sigma * math.sqrt(2 * math.pi))
+        return lognormal + (0.15 / 780 if 120 <= age <= 900 else 0.0)
+
     def rate_for(self, waiting: int, lifetime: float) -> float:
         """Purchases per second that keep `waiting` orders waiting in the steady state
         (Little: waiting = rate x expected seconds an order waits)."""
         seconds = sum(self.survival(a + 0.5) for a in range(int(lifetime)))
         return waiting / seconds
+
+
+def yardstick(mix: Mix, waiting: int, polls: float, interval: float, guarantee: float) -> float:
+    """The least mean delay any schedule could reach on this mix, over the fixed rate's, in
+    the steady state with `waiting` orders and `polls` get-sms a second: an order's code
+    arriving at age a waits half its gap then, so the mean is the integral of f(a) / 2r(a)
+    over the codes; the best rates for it, within budget, are r(a) proportional to the
+    square root of the hazard f(a) / S(a) (Lagrange), here also kept within
+    [1 / guarantee, 1 / interval]. No schedule knows more of an order than its age and that
+    no code came by its last poll, so none does better (up to the discreteness of polls);
+    and this bound asks nothing of the p99."""
+    ages = [a + 0.5 for a in range(int(LIFETIME))]
+    density = [mix.density(a) for a in ages]
+    survival = [mix.survival(a) for a in ages]
+    buying = waiting / sum(survival)  # purchases a second (Little)
+
+    def rates(c: float) -> list[float]:
+        return [
+            min(1 / interval, max(1 / guarantee, c * math.sqrt(f / s)))
+            for f, s in zip(density, survival, strict=True)
+        ]
+
+    low, high = 1e-6, 1e3
+    for _ in range(80):  # the c that spends exactly the budget
+        c = math.sqrt(low * high)
+        spent = buying * sum(s * r for s, r in zip(survival, rates(c), strict=True))
+        low, high = (c, high) if spent < polls else (low, c)
+    best = sum(f / (2 * r) for f, r in zip(density, rates(low), strict=True)) / sum(density)
+    return best / (waiting / polls / 2)
 
 
 def _phi(x: float) -> float:
@@ -351,7 +427,8 @@ class BudgetRun:
     undelivered: list[float]  # window codes not delivered by the end: seconds waited so far
     calls_rate: float  # every SMS-Man call, per second, over the window
     get_sms_rate: float
-    busiest: int  # most SMS-Man calls started in any one second (whole run)
+    busiest: int  # most SMS-Man calls stamped in any one second (whole run)
+    busiest_clear: int  # the same, seconds clear of stalls of this process's loop
     cpu_s: float
     stalls: str  # this process's event loop (the fakes): late wake-ups stamp calls late
 
@@ -365,7 +442,8 @@ class BudgetRun:
             f"  p90={percentile(every, 90):5.1f}s  p99={percentile(every, 99):5.1f}s"
             f"  max={max(every, default=float('nan')):5.1f}s  calls={self.calls_rate:4.1f}/s"
             f" (get-sms {self.get_sms_rate:4.1f}/s)  busiest 1s={self.busiest:>3}"
-            f"  bot CPU={self.cpu_s:5.1f}s\n         bench loop (fakes' clock): {self.stalls}"
+            f" ({self.busiest_clear} clear of stalls)  bot CPU={self.cpu_s:5.1f}s\n"
+            f"         bench loop (fakes' clock): {self.stalls}"
         )
 
 
@@ -561,7 +639,7 @@ async def budget_run(
                 sms_poll_scheduler=scheduler,  # bench/ops switch, read by bot/app.py
             )
             await bot.start(timeout=120)
-            lag = LoopLag(0.02)
+            lag = StallLog(0.02)
             lag.start()
             try:
                 ready = time.monotonic()
@@ -604,6 +682,7 @@ async def budget_run(
                 calls_rate=in_window / window,
                 get_sms_rate=get_sms / window,
                 busiest=busiest_second(every_call),
+                busiest_clear=busiest_second(every_call, lag.stalls),
                 cpu_s=cpu,
                 stalls=lag.summary(),
             )
@@ -646,15 +725,23 @@ async def budget(args: argparse.Namespace) -> int:
     mean_f = sum(everyone(fixed)) / max(1, len(everyone(fixed)))
     mean_l = sum(everyone(learned)) / max(1, len(everyone(learned)))
     p99_f, p99_l = percentile(everyone(fixed), 99), percentile(everyone(learned), 99)
+    p90_f, p90_l = percentile(everyone(fixed), 90), percentile(everyone(learned), 90)
+    busiest = max(fixed.busiest_clear, learned.busiest_clear)
+    best = yardstick(
+        mix, fixed.waiting_at_start, fixed.get_sms_rate, 3, 4 * fixed.waiting_at_start / 20
+    )
     aims = {
         f"mean {mean_l:.1f}s <= half of fixed {mean_f:.1f}s": mean_l <= mean_f / 2,
         f"p99 {p99_l:.1f}s <= fixed {p99_f:.1f}s": p99_l <= p99_f,
-        f"busiest second {max(fixed.busiest, learned.busiest)} <= {args.budget_rps:g}": max(
-            fixed.busiest, learned.busiest
-        )
+        f"busiest second clear of stalls {busiest} <= {args.budget_rps:g}": busiest
         <= args.budget_rps,
     }
-    print(f"    learned / fixed: mean x{mean_l / mean_f:.2f}, p99 x{p99_l / p99_f:.2f}")
+    print(
+        f"    learned / fixed: mean x{mean_l / mean_f:.2f}, p90 x{p90_l / p90_f:.2f},"
+        f" p99 x{p99_l / p99_f:.2f}; yardstick: no schedule's mean below x{best:.2f}"
+        f" on this mix (at the fixed run's {fixed.get_sms_rate:.1f} get-sms/s, with the 4x"
+        f" guarantee; asking nothing of the p99)"
+    )
     for aim, held in aims.items():
         print(f"    aim {aim}: {'yes' if held else 'NO'}")
     return 0 if all(aims.values()) else 1
