@@ -292,8 +292,26 @@ async def test_replicas_lose_nothing_while_killed(
         assert telegram.token.split(":")[1] not in log and smsman.token not in log
         assert "Traceback" not in log, log[log.index("Traceback") - 2000 :][:6000]
         errors = _unexpected_errors(telegram, SimpleNamespace(kills=[t for t, _ in cluster.kills]))  # type: ignore[arg-type]
+        # Two replicas may refresh one card at the same moment (a click's answer on one,
+        # the queued refresh on the other; no lock spans replicas): the second identical
+        # edit is refused as "not modified". The user sees nothing; counted, and bounded.
+        races = [e for e in errors if _identical_card_edit(e)]
+        print(f"replicas: identical card edits refused (two replicas at once): {len(races)}")
+        assert len(races) <= len(cluster.kills), races
+        errors = [e for e in errors if e not in races]
         assert errors == [], errors
         assert figures.ok, figures.problems
+
+
+def _identical_card_edit(error: object) -> bool:
+    method = getattr(error, "method", "")
+    description = getattr(error, "description", "")
+    text = str(getattr(error, "params", {}).get("text", ""))
+    return (
+        method == "editMessageText"
+        and "not modified" in description
+        and text.startswith("<b>Order #")
+    )
 
 
 @dataclass
