@@ -53,6 +53,7 @@ from enum import Enum
 from typing import Any
 
 from bot import metrics
+from bot.leases_loop import keep_leases
 from bot.schedule import PollPolicy
 from bot.services.leases import OrderLeases
 from bot.services.orders import OrderService, PollOutcome, StepResult
@@ -330,16 +331,7 @@ class Poller:
 
     async def _keep_leases(self) -> None:
         assert self._leases is not None
-        warned = -math.inf
-        while True:
-            await asyncio.sleep(self._leases.renew_every)
-            try:
-                await self._renew()
-            except Exception:  # a round that failed (a deadlock, the database away): next
-                now = time.monotonic()
-                if now - warned >= 60.0:  # once a minute while the database is away
-                    warned = now
-                    log.warning("renewing the order leases failed; trying again", exc_info=True)
+        await keep_leases(self._leases.renew_every, self._renew, "order", log)
 
     async def _renew(self) -> None:
         assert self._leases is not None

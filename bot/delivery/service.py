@@ -37,7 +37,6 @@ import contextlib
 import functools
 import heapq
 import logging
-import math
 import time
 import weakref
 from collections import Counter
@@ -53,6 +52,7 @@ from bot import metrics
 from bot.delivery.api import Priority
 from bot.delivery.pacing import Pacer, Push, current_push
 from bot.delivery.render import CountryTitle, Renderer
+from bot.leases_loop import keep_leases
 from bot.locale import pick_locale
 from bot.notify import Notifier, Outcome, Result
 from storage.broadcasts import Broadcast
@@ -295,16 +295,7 @@ class Delivery:
 
     async def _keep_leases(self) -> None:
         assert self._replica is not None
-        warned = -math.inf
-        while True:
-            await asyncio.sleep(self._replica.renew_every)
-            try:
-                await self._renew()
-            except Exception:  # the next round tries again; leases outlast two rounds
-                now = time.monotonic()
-                if now - warned >= 60.0:  # once a minute while the database is away
-                    warned = now
-                    log.warning("renewing the outbox leases failed; trying again", exc_info=True)
+        await keep_leases(self._replica.renew_every, self._renew, "outbox", log)
 
     async def _renew(self) -> None:
         """One lease round: renew what is held, forget what was lost, take free rows."""
