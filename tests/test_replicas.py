@@ -85,13 +85,16 @@ class Run:
     async def stuck_watch(self) -> None:
         """An update a replica held past the webhook's timeout: every replica logs its
         tasks' stacks (bot/diagnostics.py), so the log says what the handler waits for."""
-        seen = 0
+        finished = 0  # posts before this index have ended (a post is listed when it starts)
         dumps = 0
         while dumps < 3:
             await asyncio.sleep(1.0)
             posts = self.telegram.webhook_posts
-            late = [p for p in posts[seen:] if p.status is None and "imeout" in p.error]
-            seen = len(posts)
+            late = [p for p in posts[finished:] if p.status is None and "imeout" in p.error]
+            while finished < len(posts) and (
+                posts[finished].status is not None or posts[finished].error
+            ):
+                finished += 1
             if late:
                 dumps += 1
                 self.actions["stacks dumped (an update timed out)"] += 1
