@@ -41,6 +41,7 @@ class Outcome:
     gaps_ok: bool  # every gap between polls within the guarantee
     worst_gap_ratio: float  # the longest gap over the guarantee that applied
     deadline_polls: list[float]  # seconds before the deadline of each order's last poll
+    closed_late: list[float]  # seconds after its deadline each order without a code closed
     polls: dict[int, list[float]]
     waiting_max: int
 
@@ -88,6 +89,7 @@ def simulate(
     late_delays: list[float] = []
     gap_ratio = 0.0
     deadline_polls: list[float] = []
+    closed_late: list[float] = []
     every: dict[int, list[float]] = {}
     waiting_max = 0
     next_id = 0
@@ -139,6 +141,7 @@ def simulate(
                 policy.code_came(chosen, t)
         elif t >= deadline:
             deadline_polls.append(deadline - order.polls[-2] if len(order.polls) > 1 else 0)
+            closed_late.append(t - deadline)
             del orders[chosen]
             pending += 0  # this step was the reject call
             if policy is not None:
@@ -150,7 +153,14 @@ def simulate(
             order.due, order.routine = (nxt, True) if nxt < deadline else (deadline, False)
         t += step
     return Outcome(
-        delays, late_delays, gap_ratio <= 1.0, gap_ratio, deadline_polls, every, waiting_max
+        delays,
+        late_delays,
+        gap_ratio <= 1.0,
+        gap_ratio,
+        deadline_polls,
+        closed_late,
+        every,
+        waiting_max,
     )
 
 
@@ -262,6 +272,17 @@ def test_under_a_binding_cap_each_order_is_polled_just_before_its_deadline() -> 
     window = policy.last_call_before_deadline()
     assert max(outcome.deadline_polls) <= window + 1.0, max(outcome.deadline_polls)
     assert 4 * outcome.waiting_max / 5.0 > 10 * window
+
+
+def test_under_a_binding_cap_an_order_without_a_code_is_closed_at_its_deadline() -> None:
+    # The step at the deadline rejects the number, refunds and tells the user: after the
+    # last call before the deadline, the order's next poll is not left to the guarantee
+    # (minutes later under this cap) but is due at the deadline itself.
+    policy = make_policy(5.0, warm_model(random.Random(3), 500))
+    outcome = simulate(policy=policy, budget=5.0, rate=0.6, seconds=1800.0, warmup=0.0, seed=3)
+    assert len(outcome.closed_late) > 50
+    assert policy.guarantee_gap() > 100
+    assert max(outcome.closed_late) <= 2.0, sorted(outcome.closed_late)[-5:]
 
 
 # -- the gain -------------------------------------------------------------------------------
