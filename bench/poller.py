@@ -52,9 +52,11 @@ printed: no schedule knows more of an order than its age and that no code came b
 last poll, so it can only pick a poll rate per age; the best rates for the mean alone
 (each proportional to the square root of the hazard, `yardstick`) give about x0.63 of
 the fixed rate's mean on this mix, x0.65 with the 4x guarantee (x0.49 / x0.52 with sigma
-0.5): "half" is out of reach at sigma 1. Keeping the p99 too costs more (about x0.7,
-computed apart: most waiting orders are minutes old and may still get a late code, and
-the floor that keeps those as quick as under the fixed rate takes most of the budget).
+0.5): "half" is out of reach at sigma 1. Keeping the p99 too costs more: most waiting
+orders are minutes old and may still get a late code, and the floor that keeps those as
+quick as under the fixed rate takes most of the budget; the guarantee's polls of hopeless
+orders and their last calls before the deadline take theirs (`bench/schedule_sim.py`, the
+same scenario simulated: about x0.76-0.83 with the p99 kept).
 The busiest second is counted from the fake's arrival stamps: a stall of this process's
 loop bunches them (calls that arrived during it are stamped together when it ends), so
 it can exceed the cap the bot's gate kept; the aim counts only seconds clear of stalls
