@@ -16,6 +16,7 @@ from bot.logs import setup_logging  # noqa: E402
 from bot.services.currency import CurrencyChanged  # noqa: E402
 from bot.settings import Settings, describe_errors  # noqa: E402
 from bot.ui.i18n import CataloguesNotCompiled, check_compiled  # noqa: E402
+from storage.errors import DatabaseUnavailable, MigrationError  # noqa: E402
 
 
 def load_settings() -> Settings | None:
@@ -62,7 +63,9 @@ def main() -> int:
         reason = asyncio.run(serve(settings))
     except KeyboardInterrupt:
         pass
-    except CurrencyChanged as exc:
+    except (CurrencyChanged, MigrationError, DatabaseUnavailable) as exc:
+        # A refusal to start (money held in another currency, a database newer than this
+        # code or out of reach): one line for the operator, no traceback.
         print(exc, file=sys.stderr)
         return 2
     if reason is not None:

@@ -21,12 +21,14 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from storage import migrate as _migrate
 from storage.broadcasts import Broadcasts
 from storage.codes import Codes
 from storage.engine import Engines, database_path, make_engines
+from storage.errors import DatabaseUnavailable
 from storage.fsm import FsmData
 from storage.group_commit import GroupCommit
 from storage.kv import KeyValue
@@ -92,6 +94,7 @@ class Database:
         """
         db = cls(make_engines(url_or_path))
         try:
+            await _reach(db._engines.base)
             await _migrate.upgrade(db._engines)
         except BaseException:
             await db._engines.base.dispose()
@@ -182,3 +185,18 @@ def _forget(running: set[asyncio.Task[Any]]) -> Callable[[asyncio.Task[Any]], No
             task.exception()  # retrieved: a caller that was cancelled never will
 
     return done
+
+
+async def _reach(engine: AsyncEngine) -> None:
+    """Connect once: an operator's wrong host, port, user or database is one clear line
+    at start, not a traceback from deep inside the first migration."""
+    try:
+        async with engine.connect():
+            pass
+    except OSError as exc:  # refused, unknown host, timed out
+        raise DatabaseUnavailable(f"cannot reach the database (DATABASE_URL): {exc}") from exc
+    except DBAPIError as exc:  # refused by the server: no such role or database, auth
+        reason = str(exc.orig).splitlines()[0] if exc.orig is not None else type(exc).__name__
+        raise DatabaseUnavailable(
+            f"the database refused the connection (DATABASE_URL): {reason}"
+        ) from exc

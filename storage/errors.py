@@ -54,3 +54,7 @@ class InvalidAmount(StorageError, ValueError):
 
 class MigrationError(StorageError):
     """The migrations on disk are inconsistent, or the database is newer than this code."""
+
+
+class DatabaseUnavailable(StorageError):
+    """The database could not be reached or refused the connection (at start)."""
