@@ -23,7 +23,7 @@ from bot.delivery.shared_pacing import SharedPacer
 from bot.ui.i18n import make_i18n
 from sandbox.telegram import FakeTelegram
 from storage.db import Database
-from storage.leases import Replica
+from storage.leases import Leases, Replica
 from tests.botproc import wait_until
 from tests.conftest import BOT_TOKEN
 
@@ -169,3 +169,28 @@ async def test_a_killed_replicas_queued_messages_go_out_once_from_another(
         await b.drained(timeout=10)
     chats = [chat for chat, _at in pushes(telegram)]
     assert sorted(chats) == list(CHATS), "each message once"
+
+
+async def test_a_push_stalled_past_its_lease_is_not_sent_once_another_replica_took_it(
+    telegram: FakeTelegram, tmp_path: Path
+) -> None:
+    """A replica whose push waited for its budget (a 429's pause) while its renewals
+    stalled finds, right before the wire, that another replica took the row: it drops the
+    push, which the taker sends. A row nobody took still goes."""
+    for chat in (7, 8):
+        telegram.user(chat, started=True)
+    url = f"sqlite:///{tmp_path / 'bot.sqlite3'}"
+    async with replica_delivery(telegram, url, None, "", ttl=0.6) as a:
+        assert a._lease_keeper is not None
+        a._lease_keeper.cancel()  # A's renewals stall, as when its loop is starved
+        a._pacer.pause(2.0)  # its pushes wait for the budget past their leases
+        await alert(a, 7, 1)
+        await alert(a, 8, 2)
+        await asyncio.sleep(1.2)  # both leases ran out (0.6 s after A's last extension)
+        async with await Database.open(url) as db_b:
+            _held, taken = await Leases(db_b).outbox_round(Replica.new(0.6), claim=1)
+        assert [row.chat_id for row in taken] == [7]
+        await wait_until(lambda: telegram.calls_to("sendMessage"), timeout=5.0)
+        await asyncio.sleep(0.5)
+        sent = [int(c.params["chat_id"]) for c in telegram.calls_to("sendMessage")]
+        assert sent == [8], "the row another replica took is not pushed here too"

@@ -17,8 +17,9 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from aiogram.client.session.middlewares.base import (
@@ -58,13 +59,33 @@ class Push:
     """Set by delivery around one push: the session tells it when its first counted call
     got its unit of budget (the sender may then hand the wire the next push), and a 429
     goes back to the sender at once (it re-queues the push; waiting in the session would
-    hold the chat)."""
+    hold the chat).
 
-    __slots__ = ("calls", "on_budget")
+    `keep`, with replicas: re-extends the push's outbox lease, False if another replica
+    holds the row now. The session calls it when the push waited for its budget longer
+    than `recheck_after` since the lease was last extended (a replica stalled past its
+    lease while another took the row and pushed it), and drops the push then."""
+
+    __slots__ = ("calls", "keep", "kept_at", "on_budget", "recheck_after")
 
     def __init__(self, on_budget: Callable[[], None]) -> None:
         self.calls = 0
         self.on_budget = on_budget
+        self.keep: Callable[[], Awaitable[bool]] | None = None
+        self.kept_at = 0.0  # time.monotonic() of the last extension
+        self.recheck_after = math.inf
+
+    async def still_ours(self) -> None:
+        """Right before the wire: raise PushLost if the lease was lost meanwhile."""
+        if self.keep is None or time.monotonic() - self.kept_at <= self.recheck_after:
+            return
+        if not await self.keep():
+            raise PushLost
+        self.kept_at = time.monotonic()
+
+
+class PushLost(Exception):
+    """The push's outbox row is another replica's now: it pushes it, this one must not."""
 
 
 current_push: contextvars.ContextVar[Push | None] = contextvars.ContextVar(
@@ -141,6 +162,7 @@ class Paced(BaseRequestMiddleware):
             if counted:
                 await self._pacer.acquire()
                 if own is not None:
+                    await own.still_ours()
                     own.calls += 1
                     if own.calls == 1:
                         own.on_budget()

@@ -50,7 +50,7 @@ from aiogram.utils.i18n import I18n
 
 from bot import metrics
 from bot.delivery.api import Priority
-from bot.delivery.pacing import Pacer, Push, current_push
+from bot.delivery.pacing import Pacer, Push, PushLost, current_push
 from bot.delivery.render import CountryTitle, Renderer
 from bot.leases_loop import keep_leases
 from bot.locale import pick_locale
@@ -458,6 +458,8 @@ class Delivery:
         retry_after: float | None = None
         try:
             settled, retry_after = await self._push(item)
+        except PushLost:  # stalled past the lease: the replica that took the row pushes it
+            settled = _Settled.LOST
         except Exception:
             log.exception("push %s (%s) to chat %s failed", item.id, item.kind, item.chat_id)
         finally:
@@ -514,6 +516,11 @@ class Delivery:
                 if kept is True:
                     return _Settled.LOST, None
                 row = kept or None
+                push = current_push.get()
+                if row is not None and push is not None:  # checked again if the budget is slow
+                    push.keep = functools.partial(self._keep_row, item.id)
+                    push.kept_at = time.monotonic()
+                    push.recheck_after = self._replica.renew_every
             if row is None:
                 return _Settled.DONE, None  # cancelled, or done by someone else
         if item.kind == "code":
@@ -535,6 +542,11 @@ class Delivery:
         if row is not None:
             await self._db.outbox.drop(row.id)
         return _Settled.DONE, None
+
+    async def _keep_row(self, row_id: int) -> bool:
+        assert self._replica is not None
+        kept = await self._leases.keep_outbox_row(self._replica, row_id)
+        return isinstance(kept, OutboxRow)
 
     async def _settle(self, row: OutboxRow | None, result: Result) -> tuple[_Settled, float | None]:
         """A push Telegram did not take: try again later, or give it up for good."""
