@@ -41,7 +41,7 @@ from bot.services.stars import StarsService
 from bot.services.users import UserService
 from bot.settings import Settings
 from bot.smsman.client import SmsManClient
-from bot.smsman.shared_gate import SharedCallGate, budget_prefix
+from bot.smsman.shared_gate import SLOT_LEASE, SharedCallGate, budget_prefix
 from bot.telegram_session import JsonSession
 from bot.ui.i18n import make_i18n
 from bot.ui.menus import Menus
@@ -352,5 +352,5 @@ def _shared_gate(redis: Redis, settings: Settings) -> SharedCallGate:
         prefix=budget_prefix(settings.smsman_token.get_secret_value()),
         max_concurrency=settings.smsman_max_concurrency,
         max_rps=settings.smsman_max_rps,
-        lease=settings.smsman_timeout + 10,  # longer than any call may last
+        lease=SLOT_LEASE,  # renewed while a call lasts; a killed replica's come back soon
     )

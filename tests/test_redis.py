@@ -97,6 +97,8 @@ async def test_a_killed_replicas_slots_come_back_after_their_lease(
         doomed = gate(dead, redis_prefix, lease=0.6)
         for _ in range(MAX_CONCURRENCY):
             await doomed.acquire()  # ...and the replica dies holding them
+        assert doomed._renewer is not None
+        doomed._renewer.cancel()  # killed: nothing renews its slots any more
         await dead.aclose()
         survivor = gate(alive, redis_prefix, lease=0.6)
         began = time.monotonic()
@@ -107,6 +109,30 @@ async def test_a_killed_replicas_slots_come_back_after_their_lease(
     finally:
         await alive.aclose()
     assert 0.4 <= waited < 2.0, waited
+
+
+async def test_a_live_replicas_slots_are_kept_however_long_its_calls_last(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """A lease is short so a killed replica's slots come back soon; the holder renews it
+    while its calls run, so a slow call's slot is never taken from under it."""
+    one, two = Redis.from_url(redis_url), Redis.from_url(redis_url)
+    holder, other = gate(one, redis_prefix, lease=0.6), gate(two, redis_prefix, lease=0.6)
+    try:
+        for _ in range(MAX_CONCURRENCY):
+            await holder.acquire()
+        with pytest.raises(TimeoutError):  # 4 leases long: the slots stay the holder's
+            await asyncio.wait_for(other.acquire(), 2.4)
+        holder.release()
+        await asyncio.wait_for(other.acquire(), 2.0)  # given back: taken at once
+        other.release()
+        for _ in range(MAX_CONCURRENCY - 1):
+            holder.release()
+        await holder.drain()
+        await other.drain()
+    finally:
+        await one.aclose()
+        await two.aclose()
 
 
 async def test_unreachable_redis_is_a_clear_provider_error() -> None:

@@ -3,8 +3,11 @@
 Each replica keeps its own CallGate in front (lanes: a user's call before the poller's),
 then takes two things from Redis before a call starts:
 - a concurrency slot: a member of a sorted set scored by its lease's expiry; at most
-  SMSMAN_MAX_CONCURRENCY live members. Released after the call; a killed replica's slots
-  expire after `lease` seconds (longer than any call may take) and come back.
+  SMSMAN_MAX_CONCURRENCY live members. Released after the call. The lease is short
+  (`SLOT_LEASE`) and renewed every third of it while the replica holds the slot, however
+  long its call takes, so a killed replica's slots come back within seconds (with a lease
+  as long as any call may last, SMSMAN_TIMEOUT + 10 s, a replica killed mid-poll froze its
+  share of the group's slots for 25 s and the others' users' purchases queued behind).
 - a start time: one key holds the earliest time the next call may start; a Lua script
   reserves max(now, that) and moves it on by 1/SMSMAN_MAX_RPS (with SHARED_SPACING_MARGIN),
   so starts over every replica are spaced like one process's (never more than max_rps in
@@ -53,7 +56,18 @@ redis.call('SET', KEYS[1], string.format('%d', at + tonumber(ARGV[1])), 'PX', 60
 return at - now
 """
 
+_RENEW_SLOTS = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+for i = 1, #ARGV - 1 do
+  redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[#ARGV]), ARGV[i])
+end
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[#ARGV]))
+return 1
+"""
+
 SLOT_RETRY = 0.02  # seconds between tries for a concurrency slot while all are taken
+SLOT_LEASE = 5.0  # seconds a slot outlives its holder's last renewal (as bot/isolation.py)
 
 
 class SharedCallGate:
@@ -78,8 +92,10 @@ class SharedCallGate:
         self._lease_ms = int(lease * 1000)
         self._take_slot = redis.register_script(_TAKE_SLOT)
         self._reserve_start = redis.register_script(_RESERVE_START)
+        self._renew_slots = redis.register_script(_RENEW_SLOTS)
         self._held: list[str] = []
         self._releases: set[asyncio.Task[Any]] = set()
+        self._renewer: asyncio.Task[None] | None = None
 
     @property
     def in_flight(self) -> int:
@@ -113,6 +129,10 @@ class SharedCallGate:
             self._local.release()
             raise
         self._held.append(slot)
+        if self._renewer is None or self._renewer.done():
+            self._renewer = asyncio.get_running_loop().create_task(
+                self._renew(), name="renew SMS-Man slots"
+            )
 
     def release(self) -> None:
         self._local.release()
@@ -121,7 +141,25 @@ class SharedCallGate:
 
     async def drain(self) -> None:
         """Wait until the slots given back have reached Redis (before closing it)."""
+        if self._renewer is not None:
+            self._renewer.cancel()
+            await asyncio.gather(self._renewer, return_exceptions=True)
+            self._renewer = None
         await asyncio.gather(*self._releases, return_exceptions=True)
+
+    async def _renew(self) -> None:
+        """Every third of a lease, extend every slot held here (one script call); ends
+        when none is held. A failed renewal is retried at the next turn: the lease outlasts
+        two misses."""
+        while self._held:
+            await asyncio.sleep(self._lease_ms / 3000)
+            held = list(self._held)
+            if not held:
+                break
+            try:
+                await self._renew_slots(keys=[self._slots_key], args=[*held, self._lease_ms])
+            except RedisError as exc:
+                log.warning("could not renew the shared SMS-Man slots: %s", type(exc).__name__)
 
     def _forget(self, slot: str) -> None:
         """Give the slot back without waiting (its lease is the backstop if this fails)."""
