@@ -43,6 +43,7 @@ from bot.settings import Settings
 from bot.smsman.client import SmsManClient
 from bot.smsman.shared_gate import SLOT_LEASE, SharedCallGate, budget_prefix
 from bot.telegram_session import JsonSession
+from bot.ui.commands import CommandsMenu
 from bot.ui.i18n import make_i18n
 from bot.ui.menus import Menus
 from handlers import get_routers
@@ -68,6 +69,7 @@ class App:
     catalogue: CatalogueService
     orders: OrderService
     admin: AdminService
+    commands: CommandsMenu
     poller: Poller
     delivery: Delivery
     stars: StarsService
@@ -82,7 +84,7 @@ class App:
     async def on_startup(self) -> None:
         """Recover orders, warm the caches and register commands, then let updates in."""
         try:
-            await self.admin.setup_commands(self.bot)
+            await self.commands.setup(self.bot)
         except Exception as exc:
             # The commands menu is cosmetic (the last one set stays): never a reason not to run.
             log.warning("could not register the commands menu: %s", type(exc).__name__)
@@ -249,8 +251,8 @@ async def build_app(settings: Settings) -> App:
         access=access,
         pricing=pricing,
         tell=delivery,
-        i18n=i18n,
     )
+    commands = CommandsMenu(settings, i18n, admin)
     orders = OrderService(
         settings=settings,
         db=db,
@@ -294,6 +296,7 @@ async def build_app(settings: Settings) -> App:
         catalogue=catalogue,
         orders=orders,
         admin=admin,
+        commands=commands,
         poller=poller,
         delivery=delivery,
         stars=stars,
@@ -308,6 +311,7 @@ async def build_app(settings: Settings) -> App:
     # Handlers receive the services by name through aiogram's dependency injection.
     dp.workflow_data.update(
         settings=settings,
+        commands=commands,
         catalogue=catalogue,
         orders=orders,
         pricing=pricing,

@@ -8,10 +8,10 @@ from aiogram.fsm.context import FSMContext
 from aiogram.types import CallbackQuery, Message
 from aiogram.utils.i18n import I18n
 
-from bot.services.admin import AdminService
 from bot.services.users import UserService
 from bot.ui import keyboards, texts
 from bot.ui.callbacks import LanguageCb, MenuAction, MenuCb
+from bot.ui.commands import CommandsMenu
 from bot.ui.screen import show
 from handlers.conversation import put
 
@@ -29,12 +29,12 @@ def router() -> Router:
 
 
 async def on_start(
-    message: Message, state: FSMContext, is_admin: bool, admin: AdminService
+    message: Message, state: FSMContext, is_admin: bool, commands: CommandsMenu
 ) -> None:
     """Greet and show the main menu."""
     await put(state, None, {})  # aiogram's clear() is two writes
     if is_admin and message.bot is not None:
-        await admin.setup_admin_commands(message.bot, message.chat.id)
+        await commands.setup_admin(message.bot, message.chat.id)
     name = message.from_user.first_name if message.from_user else None
     await message.answer(texts.start_text(name), reply_markup=keyboards.main_menu())
 

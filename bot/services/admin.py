@@ -1,4 +1,5 @@
-"""The operator's side: admin commands, the commands menu, alerts, the low-balance watch.
+"""The operator's side: admin commands, alerts, the low-balance watch (the commands menu is
+bot/ui/commands.py).
 
 Every `*_command` takes the command's arguments as typed and returns what happened as a
 small result type (bot/ui/admin.py renders it). A malformed command is Refused and changes
@@ -17,12 +18,6 @@ from dataclasses import dataclass
 from decimal import Decimal
 from enum import StrEnum
 from typing import Any
-
-from aiogram import Bot
-from aiogram.exceptions import TelegramAPIError
-from aiogram.types import BotCommand, BotCommandScopeChat, BotCommandScopeDefault
-from aiogram.utils.i18n import I18n
-from aiogram.utils.i18n import gettext as _
 
 from bot.delivery.api import Tell
 from bot.locale import SUPPORTED_LOCALES
@@ -60,40 +55,6 @@ def parse_user_id(text: str) -> int | None:
         return None
     user_id = int(text)
     return user_id if 0 < user_id < MAX_USER_ID else None
-
-
-def user_commands(stars: bool = False) -> list[BotCommand]:
-    commands = [
-        BotCommand(command="start", description=_("Main menu")),
-        BotCommand(command="buy", description=_("Buy a number")),
-        BotCommand(command="orders", description=_("My orders")),
-        BotCommand(command="balance", description=_("Balance")),
-        BotCommand(command="help", description=_("How it works")),
-        BotCommand(command="language", description=_("Language")),
-    ]
-    if stars:
-        commands += [
-            BotCommand(command="topup", description=_("Top up with Telegram Stars")),
-            BotCommand(command="paysupport", description=_("Help with payments and refunds")),
-        ]
-    return commands
-
-
-def admin_commands(shop: bool) -> list[BotCommand]:
-    commands = [
-        BotCommand(command="stats", description=_("Sales statistics")),
-        BotCommand(command="user", description=_("A user's wallet and orders")),
-        BotCommand(command="ban", description=_("Ban a user")),
-        BotCommand(command="unban", description=_("Unban a user")),
-    ]
-    if shop:
-        commands += [
-            BotCommand(command="credit", description=_("Top up a wallet")),
-            BotCommand(command="debit", description=_("Take from a wallet")),
-            BotCommand(command="markup", description=_("Set the markup")),
-            BotCommand(command="refund", description=_("Refund a Stars top-up")),
-        ]
-    return commands
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,7 +168,6 @@ class AdminService:
         access: Access,
         pricing: Pricing,
         tell: Tell,
-        i18n: I18n,
     ) -> None:
         self._settings = settings
         self._db = db
@@ -215,7 +175,6 @@ class AdminService:
         self._access = access
         self._pricing = pricing
         self._tell = tell
-        self._i18n = i18n
         self._balance_lock = asyncio.Lock()
         self._provider_short: bool | None = None  # alerted this crossing? None: not known
         self._tasks: set[asyncio.Task[None]] = set()  # alerts on their way
@@ -386,35 +345,9 @@ class AdminService:
             example_price=self._pricing.price(EXAMPLE_COST),
         )
 
-    # -- the commands menu ---------------------------------------------------------------
-
-    async def setup_commands(self, bot: Bot) -> None:
-        """/start, /buy, /orders, /balance, /help for all; admins also see theirs.
-
-        Telegram answers "chat not found" for a chat that never talked to the bot, so an
-        admin's own list is set here only if we know them, and otherwise on their /start.
-        """
-        for locale in SUPPORTED_LOCALES:
-            with self._i18n.use_locale(locale):
-                commands = user_commands(self._settings.stars_enabled)
-            code = None if locale == "en" else locale
-            await bot.set_my_commands(commands, scope=BotCommandScopeDefault(), language_code=code)
-        for admin in await self._reachable_admins():
-            await self.setup_admin_commands(bot, admin.id)
-
-    async def setup_admin_commands(self, bot: Bot, admin_id: int) -> None:
-        with self._i18n.use_locale(await self._locale(admin_id)):
-            commands = user_commands(self._settings.stars_enabled) + admin_commands(
-                self._settings.is_shop
-            )
-        try:
-            await bot.set_my_commands(commands, scope=BotCommandScopeChat(chat_id=admin_id))
-        except TelegramAPIError as exc:
-            log.warning("could not set the admin commands of %s: %s", admin_id, exc.message)
-
     # -- alerts --------------------------------------------------------------------------
 
-    async def _reachable_admins(self) -> list[User]:
+    async def reachable_admins(self) -> list[User]:
         """Admins the bot may write to: they talked to it (a row made by /credit or /ban
         has no language yet) and did not block it."""
         found = []
@@ -426,7 +359,7 @@ class AdminService:
 
     async def alert(self, name: str, **args: object) -> None:
         """Tell every admin (a notice by name, rendered by bot/delivery in their language)."""
-        for admin in await self._reachable_admins():
+        for admin in await self.reachable_admins():
             await self._tell.notice(admin.id, name, **args)
 
     def _in_background(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -475,7 +408,8 @@ class AdminService:
     def reject_refused(self, order: Order, error: str) -> None:
         self._in_background(self.alert("reject_refused", order=order.id, error=error))
 
-    async def _locale(self, user_id: int) -> str:
+    async def locale_of(self, user_id: int) -> str:
+        """The language the user chose (English until they do)."""
         user = await self._db.users.get(user_id)
         return _locale_of(user)
 
