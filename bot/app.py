@@ -20,6 +20,7 @@ from aiogram.fsm.storage.redis import RedisStorage
 from aiogram.utils.i18n import I18n
 from redis.asyncio import Redis
 
+from bot.delivery.commands import CommandsMenu
 from bot.delivery.pacing import Paced, Pacer
 from bot.delivery.service import Delivery
 from bot.delivery.shared_pacing import SharedPacer, telegram_prefix
@@ -43,7 +44,6 @@ from bot.settings import Settings
 from bot.smsman.client import SmsManClient
 from bot.smsman.shared_gate import SLOT_LEASE, SharedCallGate, budget_prefix
 from bot.telegram_session import JsonSession
-from bot.ui.commands import CommandsMenu
 from bot.ui.i18n import make_i18n
 from bot.ui.menus import Menus
 from handlers import get_routers
@@ -84,7 +84,11 @@ class App:
     async def on_startup(self) -> None:
         """Recover orders, warm the caches and register commands, then let updates in."""
         try:
-            await self.commands.setup(self.bot)
+            admins = [
+                (user.id, await self.admin.locale_of(user.id))
+                for user in await self.admin.reachable_admins()
+            ]
+            await self.commands.setup(self.bot, admins)
         except Exception as exc:
             # The commands menu is cosmetic (the last one set stays): never a reason not to run.
             log.warning("could not register the commands menu: %s", type(exc).__name__)
@@ -252,7 +256,7 @@ async def build_app(settings: Settings) -> App:
         pricing=pricing,
         tell=delivery,
     )
-    commands = CommandsMenu(settings, i18n, admin)
+    commands = CommandsMenu(settings, i18n)
     orders = OrderService(
         settings=settings,
         db=db,

@@ -8,10 +8,10 @@ from aiogram.fsm.context import FSMContext
 from aiogram.types import CallbackQuery, Message
 from aiogram.utils.i18n import I18n
 
+from bot.delivery.commands import CommandsMenu
 from bot.services.users import UserService
 from bot.ui import keyboards, texts
 from bot.ui.callbacks import LanguageCb, MenuAction, MenuCb
-from bot.ui.commands import CommandsMenu
 from bot.ui.screen import show
 from handlers.conversation import put
 
