@@ -197,20 +197,26 @@ def test_every_setting_is_in_the_readme_and_env_example() -> None:
         assert f"{name.upper()}=" in example, f"{name.upper()} missing from .env.example"
 
 
+def refused_start(tmp_path: Path, database_url: str) -> subprocess.CompletedProcess[str]:
+    """`python -m bot` with this DATABASE_URL, which it must refuse: exit 2, no traceback."""
+    result = run_bot(
+        tmp_path,
+        BOT_TOKEN="123:secret-token",
+        SMSMAN_TOKEN="k",
+        DATABASE_URL=database_url,
+        TELEGRAM_API_URL="http://127.0.0.1:9",
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    return result
+
+
 def test_a_database_newer_than_the_code_is_refused_in_one_line(tmp_path: Path) -> None:
     path = tmp_path / "bot.sqlite3"
     with sqlite3.connect(path) as conn:  # as a later version of the bot would leave it
         conn.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) PRIMARY KEY)")
         conn.execute("INSERT INTO alembic_version VALUES ('f00dfeedbeef')")
-    result = run_bot(
-        tmp_path,
-        BOT_TOKEN="123:secret-token",
-        SMSMAN_TOKEN="k",
-        DATABASE_URL=f"sqlite:///{path}",
-        TELEGRAM_API_URL="http://127.0.0.1:9",
-    )
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr
+    result = refused_start(tmp_path, f"sqlite:///{path}")
     assert "schema revision f00dfeedbeef" in result.stderr
     assert "refusing to open it" in result.stderr
     assert "secret-token" not in result.stderr + result.stdout
@@ -220,14 +226,6 @@ def test_a_database_out_of_reach_is_one_clear_line(tmp_path: Path) -> None:
     with socket.socket() as probe:  # a port nothing listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    result = run_bot(
-        tmp_path,
-        BOT_TOKEN="123:secret-token",
-        SMSMAN_TOKEN="k",
-        DATABASE_URL=f"postgresql://postgres:hunter2@127.0.0.1:{port}/test",
-        TELEGRAM_API_URL="http://127.0.0.1:9",
-    )
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr
+    result = refused_start(tmp_path, f"postgresql://postgres:hunter2@127.0.0.1:{port}/test")
     assert "cannot reach the database (DATABASE_URL)" in result.stderr
     assert "hunter2" not in result.stderr + result.stdout
